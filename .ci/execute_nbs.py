@@ -5,31 +5,31 @@ skipped) and save their outputs into the notebook, so the committed lessons show
     python .ci/execute_nbs.py nbs/01_data.ipynb [more.ipynb ...]   # then: nbdev_clean
 
 nbdev 2 has no "execute and keep outputs" command that honours `tst_flags`, hence this small script.
+The notebook is read raw (`read_nb`) and directives are parsed without removing them, so the saved
+notebook keeps every `#| export` line.
 """
 import os, sys, time
 from pathlib import Path
-from execnb.nbio import write_nb
+from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 from fastcore.xtras import working_directory
 from nbdev.config import get_config
-from nbdev.process import NBProcessor
+from nbdev.process import extract_directives
 
 def execute(fn: Path, skip_flags=('slow', 'cuda')):
     os.environ['IN_TEST'] = '1'   # same quiet mode as nbdev_test (no progress bars)
-    nb = NBProcessor(fn, process=True).nb
+    nb = read_nb(fn)
     def _skip(cell):
         if cell.cell_type != 'code': return True
-        d = getattr(cell, 'directives_', {}) or {}
+        d = extract_directives(cell, remove=False)
         if d.get('eval:', [''])[0].lower() == 'false': return True
+        if 'nbdev_export(' in cell.source: return True
         if set(skip_flags) & d.keys():
             cell.outputs = []
             return True
     sh = CaptureShell(fn, mpl_format='png')
     t0 = time.time()
     with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
-    for c in nb.cells:
-        for k in [k for k in c if k.endswith('_')]: del c[k]
-    for k in [k for k in nb if k.endswith('_')]: del nb[k]
     write_nb(nb, fn)
     print(f'{fn.name}: {time.time()-t0:.0f}s, {fn.stat().st_size/1e3:.0f} kB')
 

@@ -6,7 +6,7 @@ from dino_course.train import TrainConfig
 
 TINY = ['--batch-size', '8', '--steps-per-epoch', '2', '--image-size', '16', '--global-size', '16', '--local-size', '8',
         '--n-local', '2', '--patch-size', '4', '--backbone-kwargs', '{"depth": 1, "embed_dim": 16, "num_heads": 2}',
-        '--out-dim', '32', '--hidden-dim', '16', '--bottleneck-dim', '8', '--knn-train', '60', '--knn-test', '40', '--threads', '2']
+        '--out-dim', '32', '--hidden-dim', '16', '--bottleneck-dim', '8', '--knn-train', '60', '--knn-test', '40', '--threads', '1']
 
 def test_console_script_trains_and_writes_metrics(tmp_path):
     "The installed `dino-course` command: a 1-epoch run exits 0, says where the run is, writes metrics.json and figures."
@@ -60,3 +60,17 @@ def test_mismatched_run_directory_is_exit_2(tmp_path, capsys):
 def test_bench_prints_images_per_second(capsys):
     assert main(['bench', *TINY, '--steps', '1', '--warmup', '1']) == 0
     assert 'images/s' in capsys.readouterr().out
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    import signal, time
+    out = tmp_path / 'run'
+    p = subprocess.Popen(['dino-course', 'train', '--epochs', '1000', *TINY, '--no-figures', '--out', str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'DINO_COURSE_QUIET': '1'})
+    deadline = time.time() + 240
+    while not (out / 'checkpoint.pth').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert 'Re-run the same command to resume' in stderr and 'Traceback' not in stderr
+    ck = __import__('dino_course.train', fromlist=['load_checkpoint']).load_checkpoint(out / 'checkpoint.pth')
+    assert ck['step'] >= 2 and ck['config']['epochs'] == 1000

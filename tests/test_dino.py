@@ -198,9 +198,9 @@ def test_head_structure():
 def _vit_backbone():
     try:
         from dino_course.vit import vit_tiny
-        return vit_tiny(patch_size=8, img_size=32), 'dino_course.vit'
+        return vit_tiny(patch_size=8, img_size=32, depth=2), 'dino_course.vit'
     except Exception:
-        return timm.create_model('vit_tiny_patch16_224', patch_size=8, img_size=32, num_classes=0,
+        return timm.create_model('vit_tiny_patch16_224', patch_size=8, img_size=32, num_classes=0, depth=2,
                                  dynamic_img_size=True), 'timm'
 
 
@@ -345,3 +345,49 @@ def test_clip_gradients_per_parameter():
     torch.testing.assert_close(norms, torch.tensor([math.sqrt(6) * 10, 0.1]))
     assert model.weight.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
     torch.testing.assert_close(model.bias.grad, torch.tensor([0.1, 0.0]))
+
+
+# ---------------------------------------------------------------- distributed centering, mixed precision
+def test_center_all_reduce_divides_by_world_size(monkeypatch):
+    "Two identical processes (simulated: all_reduce doubles the sum) give the single-process center."
+    import torch.distributed as dist
+    K, B = 16, 4
+    gen = torch.Generator().manual_seed(5)
+    s, t = _logits(4 * B, K, gen), _logits(2 * B, K, gen)
+    single = DINOLoss(K, 4, 0.04, 0.04, 0, 1).double()
+    single(s, t, 0)
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda: 2)
+    calls = []
+    def fake_all_reduce(x):
+        calls.append(x.shape); x.mul_(2)
+    monkeypatch.setattr(dist, 'all_reduce', fake_all_reduce)
+    two = DINOLoss(K, 4, 0.04, 0.04, 0, 1).double()
+    two(s, t, 0)
+    assert calls == [(1, K)]
+    torch.testing.assert_close(two.center, single.center, rtol=0, atol=1e-15)
+
+
+def test_center_with_a_real_process_group():
+    import torch.distributed as dist, socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0)); port = sock.getsockname()[1]
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        loss = DINOLoss(8, 2, 0.04, 0.04, 0, 1)
+        t = torch.randn(4, 8)
+        loss(torch.randn(4, 8), t, 0)
+        torch.testing.assert_close(loss.center, 0.1 * t.mean(0, keepdim=True))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dino_step_bf16_autocast_on_cpu():
+    student = _small_student()
+    teacher = build_teacher(student)
+    loss_fn = DINOLoss(16, 2, 0.04, 0.04, 0, 1)
+    opt = torch.optim.SGD(get_params_groups(student), lr=0.1)
+    crops = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    loss = dino_step(student, teacher, loss_fn, crops, opt, epoch=1, momentum=0.9, amp_dtype=torch.bfloat16)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)      # the loss itself runs in float32
+    assert loss_fn.center.dtype == torch.float32
