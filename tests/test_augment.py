@@ -207,5 +207,7 @@ def test_per_image_augmentations(shapes):
 
 def test_benchmark_runs():
     r = benchmark_augment(n=8, repeats=1)
-    assert set(r) == {'per_image', 'batched', 'ratio'} and r['per_image'] > 0 and r['batched'] > 0
+    assert set(r) == {'per_image', 'batched', 'ratio', 'per_image_cpu', 'batched_cpu', 'ratio_cpu'}
+    assert r['per_image'] > 0 and r['batched'] > 0 and r['per_image_cpu'] > 0
     assert r['ratio'] == pytest.approx(r['batched'] / r['per_image'])
+    assert r['ratio_cpu'] == pytest.approx(r['batched_cpu'] / r['per_image_cpu'])

@@ -57,6 +57,8 @@ def _stats(kind, K=256, B=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     if kind == 'uniform':
         pt = torch.full((B, K), 1 / K); ps = pt
+    elif kind == 'constant':                                                # one in-between distribution for all
+        pt = (torch.randn(1, K, generator=torch.Generator().manual_seed(0)) * 2).softmax(-1).expand(B, K); ps = pt
     elif kind == 'onehot':
         pt = torch.zeros(B, K); pt[:, 7] = 1; ps = (pt * 30).softmax(-1)      # student nearly one-hot too
     else:                                                                   # healthy: image-dependent, partly matched
@@ -75,7 +77,8 @@ def _run(kinds, window=20, K=256):
     return mon, msgs
 
 
-@pytest.mark.parametrize('kind,status', [('uniform', 'uniform'), ('onehot', 'dominant dimension')])
+@pytest.mark.parametrize('kind,status', [('uniform', 'uniform'), ('onehot', 'dominant dimension'),
+                                         ('constant', 'constant output')])
 def test_monitor_flags_collapse_with_start_step(kind, status):
     mon, msgs = _run(['healthy'] * 25 + [kind] * 40)
     assert mon.status == status and mon.collapsed
