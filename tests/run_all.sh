@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DINO_COURSE_QUIET=1 MPLBACKEND=agg PYTHONUNBUFFERED=1
 t0=$(date +%s)
+sync_failed=0
 
 echo "== 1/3 nbdev sync: notebooks are the source; nbdev_export and nbdev_clean must change nothing"
 nbdev_export
@@ -14,16 +15,18 @@ if [ -n "$changed" ]; then
   echo "FAILED: nbdev_export / nbdev_clean changed these files (edit nbs/*.ipynb, then run nbdev_export and nbdev_clean, and commit):"
   echo "$changed"
   git --no-pager diff --stat -- dino_course nbs
-  exit 1
+  sync_failed=1
+else
+  echo "in sync"
 fi
-echo "in sync"
 
 echo "== 2/3 nbdev_test: every lesson top to bottom (cells flagged slow/cuda skipped)"
 # one torch thread per notebook process: nbdev_test runs two notebooks at once on a 2-core machine
-OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing --do_print
+OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing --do_print || { echo "FAILED: nbdev_test"; exit 1; }
 t1=$(date +%s)
 
 echo "== 3/3 pytest: the package API"
 python -m pytest -q tests
 t2=$(date +%s)
 echo "timings: notebooks $((t1-t0))s, pytest $((t2-t1))s, total $((t2-t0))s"
+if [ "$sync_failed" = 1 ]; then echo "FAILED: notebooks and package out of sync (see step 1)"; exit 1; fi
