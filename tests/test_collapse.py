@@ -111,3 +111,14 @@ def test_monitor_bad_arguments():
     with pytest.raises(ValueError, match='out_dim'): CollapseMonitor(1)
     with pytest.raises(ValueError, match='dominant_frac'): CollapseMonitor(64, dominant_frac=0.95, uniform_frac=0.9)
     with pytest.raises(ValueError, match='window'): CollapseMonitor(64, window=0)
+
+
+def test_run_seeds_reuses_done_runs_and_tabulates():
+    from dino_course.collapse import CollapseConfig, run_ablation, run_seeds, seed_table
+    cfg = CollapseConfig(steps=3, n_images=64, batch_size=16, out_dim=16, knn_k=5, seed=0)
+    done = {'full DINO': run_ablation('full DINO', cfg, monitor=False)}
+    by_seed = run_seeds(['full DINO'], [0, 1], cfg, done=done)
+    assert by_seed['full DINO'][0] is done['full DINO'] and len(by_seed['full DINO']) == 2
+    assert by_seed['full DINO'][1]['teacher_entropy'] != done['full DINO']['teacher_entropy']   # seed 1 really ran
+    table = seed_table(by_seed)
+    assert '| full DINO |' in table and '(2 seeds)' in table and table.count('\n') == 2
