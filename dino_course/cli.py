@@ -8,7 +8,7 @@ import argparse, json, os, sys, types, typing
 from dataclasses import fields, MISSING
 from typing import Sequence
 from pathlib import Path
-from .train import (TrainConfig, train, benchmark_throughput, benchmark_knn, atomic_save, validate_config, ConfigError, ResumeError,
+from .train import (TUPLE_FIELDS, TrainConfig, train, benchmark_throughput, benchmark_knn, atomic_save, validate_config, ConfigError, ResumeError,
                                NonFiniteLossError, TrainingInterrupted)
 
 # %% auto #0
@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument('--steps', type=int, default=10, help="timed steps (default: 10)")
     be.add_argument('--warmup', type=int, default=3, help="untimed steps first (default: 3)")
     be.add_argument('--knn', action='store_true',
-                    help="instead of images/s: train DINO for --minutes (default 10) on the built-in shapes and print its kNN "
-                         "accuracy against seconds next to raw pixels, the random backbone and a supervised backbone trained "
-                         "for the same time; --out DIR also keeps the DINO run and writes DIR/knn_benchmark.json")
+                    help="instead of images/s, the ladder: train DINO and SimCLR for --minutes each (default 10) on the built-in "
+                         "shapes and print their kNN accuracy at 2, 5 and 10 minutes next to raw pixels, the random backbone and "
+                         "a supervised backbone trained for the same time, plus DINO's attention-mask Jaccard; --out DIR also "
+                         "keeps the runs (DIR/dino, DIR/simclr) and writes DIR/knn_benchmark.json")
+    be.add_argument('--no-simclr', action='store_true', help="with --knn: leave SimCLR out of the ladder")
     for q in (tr, be):
         q.add_argument('--config', metavar='JSON_FILE', default=None,
                        help="start from a config file (e.g. a run's config.json); flags given here override it")
@@ -91,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(base, dict): raise ConfigError(f"--config {args.config}: expected a JSON object of config fields")
         if 'config' in base and isinstance(base['config'], dict): base = base['config']     # a metrics.json works too
     given = {k: v for k, v in vars(args).items() if k in names}
-    for k in ('global_scale', 'local_scale'):
+    for k in TUPLE_FIELDS:
         if k in given: given[k] = tuple(given[k])
     return validate_config(TrainConfig.from_dict({**base, **given}))
 
@@ -107,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.command == 'bench' and args.knn:
-            res = benchmark_knn(cfg)
+            res = benchmark_knn(cfg, simclr=not args.no_simclr)
+            res['command'] = 'dino-course ' + ' '.join(sys.argv[1:] if argv is None else argv)
             if cfg.out: atomic_save(json.dumps(res, indent=1), Path(cfg.out) / 'knn_benchmark.json', writer=lambda o, f: f.write(o.encode()))
             return 0
         if args.command == 'bench':

@@ -129,6 +129,7 @@ class CollapseConfig:
     warmup_teacher_temp_steps: int = 0
     center_momentum: float = 0.9
     use_centering: bool = True
+    centering: str = 'centering'                # or 'sinkhorn_knopp': DINOv2's balanced teacher instead of the center
     knn_k: int = 20
     seed: int = 0
     device: str | None = 'cpu'                  # None: the best available (`get_device`)
@@ -152,6 +153,7 @@ ABLATIONS: dict[str, dict] = {
     'center momentum 0.999': dict(center_momentum=0.999),              # the center barely moves from 0
     'teacher temp 0.08, no warm-up': dict(teacher_temp=0.08),
     'no momentum teacher': dict(momentum_teacher=0.0),                 # teacher = student after every step
+    'Sinkhorn-Knopp, no center': dict(centering='sinkhorn_knopp'),     # DINOv2's alternative to centering (lesson 05)
 }
 
 # %% ../nbs/06_collapse.ipynb #db47ea87
@@ -214,7 +216,8 @@ def _run(cfg: CollapseConfig, name: str, device: torch.device, monitor: bool) ->
     # the teacher-temperature schedule counts steps here (DINOLoss calls them epochs)
     loss_fn = DINOLoss(cfg.out_dim, 2 + cfg.n_local, cfg.warmup_teacher_temp if cfg.warmup_teacher_temp is not None else tt,
                        tt, cfg.warmup_teacher_temp_steps, cfg.steps, student_temp=cfg.student_temp,
-                       center_momentum=cfg.center_momentum, use_centering=cfg.use_centering).to(device)
+                       center_momentum=cfg.center_momentum, use_centering=cfg.use_centering,
+                       centering=cfg.centering).to(device)
     opt = torch.optim.AdamW(get_params_groups(student), lr=cfg.lr, weight_decay=cfg.weight_decay)
     aug = BatchMultiCrop(cfg.image_size, cfg.local_size, cfg.n_local, blur=(0., 0., 0.), p_solarize=0.)
     mon = CollapseMonitor(cfg.out_dim) if monitor else None

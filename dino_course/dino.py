@@ -14,9 +14,9 @@ import torch.nn.functional as F
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss', 'DINOHead',
-           'MultiCropWrapper', 'build_teacher', 'update_teacher', 'cosine_scheduler', 'get_params_groups', 'set_lr_wd',
-           'clip_gradients', 'cancel_gradients_last_layer', 'dino_step', 'DINO']
+__all__ = ['entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss', 'sinkhorn_knopp',
+           'DINOHead', 'MultiCropWrapper', 'build_teacher', 'update_teacher', 'cosine_scheduler', 'get_params_groups',
+           'set_lr_wd', 'clip_gradients', 'cancel_gradients_last_layer', 'dino_step', 'DINO']
 
 # %% ../nbs/05_dino.ipynb #601afa6c
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -66,14 +66,22 @@ class DINOLoss(nn.Module):
     `epoch` indexes the teacher-temperature schedule: an int as in the reference, or a float (fractional
     epochs interpolate the warm-up linearly). After each call `last_stats` holds the step's `teacher_entropy`,
     `kl`, `cross_entropy` (0-dim detached tensors; `float()` them) and `teacher_temp` (a float).
-    `use_centering=False` keeps the center at 0 (an ablation for the collapse lesson)."""
+    `use_centering=False` keeps the center at 0 (an ablation for the collapse lesson).
+    `centering='sinkhorn_knopp'` (DINOv2's option; the default `'centering'` is DINO's) replaces the centred softmax
+    of the teacher by `sinkhorn_knopp` (`sk_iterations` iterations) over all global crops of the batch at once:
+    targets balanced over the K prototypes in every batch; the center is then neither used nor updated."""
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
                  warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, use_centering: bool = True):
+                 center_momentum: float = 0.9, use_centering: bool = True, centering: str = 'centering',
+                 sk_iterations: int = 3):
         super().__init__()
         if ncrops < 2: raise ValueError(f"DINOLoss: ncrops={ncrops}, but DINO compares different views: use at least 2 crops.")
+        if centering not in ('centering', 'sinkhorn_knopp'):
+            raise ValueError(f"DINOLoss: centering={centering!r}; use 'centering' (DINO's EMA center) or 'sinkhorn_knopp' (DINOv2's).")
+        if centering == 'sinkhorn_knopp' and sk_iterations < 1:
+            raise ValueError(f"DINOLoss: sk_iterations={sk_iterations}; Sinkhorn-Knopp needs at least 1 iteration.")
         self.out_dim, self.ncrops, self.student_temp, self.center_momentum = out_dim, ncrops, student_temp, center_momentum
-        self.use_centering = use_centering
+        self.use_centering, self.centering, self.sk_iterations = use_centering, centering, sk_iterations
         self.register_buffer('center', torch.zeros(1, out_dim))
         # a too soft (high-temperature) teacher early on makes training unstable (the reference's experience): warm it up
         self.teacher_temp_schedule = teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
@@ -101,9 +109,14 @@ class DINOLoss(nn.Module):
         temp = self.teacher_temp(epoch)
         with torch.autocast(student_output.device.type, enabled=False):
             log_ps = F.log_softmax(student_output / self.student_temp, dim=-1).unflatten(0, (-1, B))   # (ncrops, B, K)
-            t_logits = ((teacher_output - self.center) / temp).unflatten(0, (-1, B))                  # centre, sharpen: (2, B, K)
-            log_pt = F.log_softmax(t_logits, dim=-1)
-            pt = log_pt.exp()
+            if self.centering == 'sinkhorn_knopp':
+                # DINOv2: balanced targets over the 2B rows of all global crops jointly, no center
+                pt = sinkhorn_knopp(teacher_output, temp, self.sk_iterations).unflatten(0, (-1, B))   # (2, B, K)
+                log_pt = None                                             # dino_stats: entropy() with 0 log 0 = 0
+            else:
+                t_logits = ((teacher_output - self.center) / temp).unflatten(0, (-1, B))              # centre, sharpen: (2, B, K)
+                log_pt = F.log_softmax(t_logits, dim=-1)
+                pt = log_pt.exp()
             ce = -torch.einsum('tbk,sbk->ts', pt, log_ps) / B             # (2, ncrops): mean H(P_t, P_s) of every pair
             loss = ce[cross_view_mask(*ce.shape, device=ce.device)].mean()   # skip pairs that see the same view
             self.last_stats = dict(dino_stats(pt, log_ps.detach(), log_pt), teacher_temp=temp)
@@ -112,14 +125,46 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
-        "EMA of the batch mean of the teacher outputs, averaged over all processes when a process group is running."
-        if not self.use_centering: return
+        "EMA of the batch mean of the teacher outputs, averaged over all processes when a process group is running (not in Sinkhorn-Knopp mode)."
+        if not self.use_centering or self.centering == 'sinkhorn_knopp': return
         batch_center = teacher_output.sum(0, keepdim=True)
         n = len(teacher_output)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             n *= dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(batch_center / n * (1 - self.center_momentum))
+
+# %% ../nbs/05_dino.ipynb #5c1d7e21
+@torch.no_grad()
+def sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """DINOv2's Sinkhorn-Knopp teacher (`sinkhorn_knopp_teacher` in facebookresearch/dinov2 `dino_clstoken_loss.py`):
+    `(B, K)` teacher logits to `(B, K)` targets whose rows are distributions (each sums to 1) and whose columns
+    each sum to about `B/K` (the batch uses every prototype equally). $Q = \\exp(g_t / T_t)^\\top$ (`K x B`),
+    normalised to total mass 1, then `n_iterations` of: each prototype (row of Q) to mass $1/K$, each sample
+    (column) to mass $1/B$; the result is $B\\,Q^\\top$. Runs in float32 (float64 stays float64) with autocast off.
+    Under a running process group the batch is the union of all processes' batches (`B * world_size`), as DINOv2's."""
+    if n_iterations < 1: raise ValueError(f"sinkhorn_knopp: n_iterations={n_iterations}; use at least 1 (the last one makes each row a distribution).")
+    x = teacher_output.detach()
+    if x.dtype in (torch.float16, torch.bfloat16): x = x.float()
+    distributed = dist.is_available() and dist.is_initialized()
+    with torch.autocast(x.device.type, enabled=False):
+        # subtract the global max: exp cannot overflow at T_t = 0.04, and the common factor cancels in the normalisations
+        top = x.max()
+        if distributed: dist.all_reduce(top, op=dist.ReduceOp.MAX)    # the same shift on every process
+        Q = torch.exp((x - top) / teacher_temp).T                     # (K, B): the paper's notation
+        K, B = Q.shape
+        if distributed: B *= dist.get_world_size()                    # samples to assign, over all processes
+        total = Q.sum()
+        if distributed: dist.all_reduce(total)
+        Q /= total                                                    # total mass 1
+        tiny = torch.finfo(Q.dtype).tiny                              # an underflowed (all-zero) row or column stays 0, not NaN
+        for _ in range(n_iterations):
+            rows = Q.sum(1, keepdim=True)                             # (K, 1): mass of each prototype
+            if distributed: dist.all_reduce(rows)
+            Q /= rows.clamp_min_(tiny); Q /= K                        # each prototype: mass 1/K
+            Q /= Q.sum(0, keepdim=True).clamp_min_(tiny); Q /= B      # each sample: mass 1/B
+        Q *= B                                                        # each sample: mass 1, a distribution over prototypes
+    return Q.T
 
 # %% ../nbs/05_dino.ipynb #4cde0f6d
 class DINOHead(nn.Module):

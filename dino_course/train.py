@@ -25,14 +25,16 @@ from .evaluate import extract_features, knn_classifier
 from .collapse import CollapseMonitor
 
 # %% auto #0
-__all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'METHODS', 'KNOWN_DATASETS', 'RUN_FIELDS', 'SHAPES', 'AUGMENT', 'PERMUTATION', 'LOADER',
-           'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'CHECKPOINT', 'DEFAULT_EPOCHS', 'TrainConfig', 'ConfigError',
-           'ResumeError', 'NonFiniteLossError', 'validate_config', 'DistEnv', 'init_distributed', 'step_seed',
-           'GlobalBatchSampler', 'ShapesStream', 'DatasetBatches', 'make_batches', 'KNNEvaluator', 'knn_bank',
-           'SSLMethod', 'DINOMethod', 'register_method', 'atomic_save', 'load_checkpoint', 'config_differences',
-           'TrainingInterrupted', 'backbone_from_config', 'make_optimizer', 'run_directory', 'Trainer',
-           'calibrate_epochs', 'train', 'plot_history', 'attention_maps', 'plot_attention', 'benchmark_throughput',
-           'supervised_baseline', 'benchmark_knn', 'knn_benchmark_table']
+__all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'METHODS', 'KNOWN_DATASETS', 'TUPLE_FIELDS', 'RUN_FIELDS', 'SHAPES', 'AUGMENT',
+           'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'CHECKPOINT', 'DEFAULT_EPOCHS', 'SEG_SEED',
+           'TrainConfig', 'ConfigError', 'ResumeError', 'NonFiniteLossError', 'validate_config', 'DistEnv',
+           'init_distributed', 'step_seed', 'GlobalBatchSampler', 'ShapesStream', 'DatasetBatches', 'make_batches',
+           'KNNEvaluator', 'knn_bank', 'SSLMethod', 'DINOMethod', 'nt_xent', 'SimCLRMethod', 'register_method',
+           'atomic_save', 'load_checkpoint', 'config_differences', 'TrainingInterrupted', 'backbone_from_config',
+           'make_optimizer', 'run_directory', 'Trainer', 'calibrate_epochs', 'train', 'plot_history', 'attention_maps',
+           'mass_masks', 'jaccard', 'shapes_masks_bank', 'attention_jaccard', 'plot_attention', 'benchmark_throughput',
+           'export_course_model', 'load_course_model', 'supervised_baseline', 'knn_at', 'benchmark_knn', 'plot_ladder',
+           'knn_benchmark_table']
 
 # %% ../nbs/05b_train.ipynb #c5c936f3
 def _opt(default, help: str, group: str = 'run', choices: Sequence | None = None):
@@ -43,26 +45,28 @@ def _opt(default, help: str, group: str = 'run', choices: Sequence | None = None
 
 # CPU-sized presets of the course's ViT: name -> (base architecture, its arguments)
 ARCH_PRESETS = {'vit_nano': ('vit_tiny', dict(depth=4, embed_dim=96, num_heads=3))}
-OUR_ARCHS = ('vit_nano', 'vit_tiny', 'vit_small', 'vit_base')
+OUR_ARCHS = ('vit_conv', 'vit_nano', 'vit_tiny', 'vit_small', 'vit_base')
 METHODS: dict[str, type] = {}        # name -> SSLMethod subclass; filled below and by `register_method`
 KNOWN_DATASETS = ('shapes', 'stl10', 'imagenette', 'cifar10')
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; JSON-serialisable. Defaults: DINO on the built-in shapes, CPU-sized (`vit_nano`,
-    a ViT of 4 blocks of width 96 with 4x4 patches; 2x32 + 4x16 px crops; batch 64). `epochs=None` with `minutes` set: as many
-    epochs as fit the time budget (measured at the start, then fixed)."""
+    """Everything a training run depends on; JSON-serialisable. Defaults: DINO on the built-in shapes with the course's CPU
+    recipe (issue 9's search): `vit_conv` (a conv stem to an 8x8 token grid, one class-attention block of width 128), two
+    32 px views (crop scale 0.3-1, channel shuffle 0.5, no blur, no solarization), a Sinkhorn-Knopp teacher at temperature 0.04, K = 256 with a
+    BatchNorm head, teacher momentum 0.95, batch 128, AdamW 2e-3. `epochs=None` with `minutes` set: a wall-clock budget
+    (`Trainer`'s `time_budget`). The paper's recipe: `centering='centering'`, `momentum_teacher=0.996`, ... (lesson 05)."""
     # --- what to learn from
     method: str = _opt('dino', "self-supervised method (see METHODS)", 'method')
     data: str = _opt('shapes', "training data: shapes (built-in, endless stream), stl10, imagenette, cifar10, "
                                "or the path of a folder of class subfolders", 'data')
     data_root: str | None = _opt(None, "where real datasets are stored or downloaded to (default: dino_course.data's choice)", 'data')
     image_size: int = _opt(32, "shapes: size (px) the images are drawn at; real data with --aug batched: size images are loaded at", 'data')
-    steps_per_epoch: int = _opt(25, "shapes: steps in one 'epoch' of the endless stream (a real dataset's epoch is one pass)", 'data')
+    steps_per_epoch: int = _opt(100, "shapes: steps in one 'epoch' of the endless stream (a real dataset's epoch is one pass)", 'data')
     num_workers: int = _opt(2, "real data: DataLoader worker processes", 'data')
     # --- backbone
-    arch: str = _opt('vit_nano', "backbone: vit_nano (vit_tiny narrowed to 4 blocks of width 96, CPU-sized), vit_tiny, vit_small, "
-                                 "vit_base (the course's ViT), resnet18 or any timm model name", 'model')
+    arch: str = _opt('vit_conv', "backbone: vit_conv (conv stem + one class-attention block, CPU-sized), vit_nano (vit_tiny narrowed "
+                                 "to 4 blocks of width 96), vit_tiny, vit_small, vit_base (the course's ViT), resnet18 or any timm model name", 'model')
     patch_size: int = _opt(4, "ViT patch size (px)", 'model')
     drop_path: float = _opt(0.0, "ViT stochastic depth rate", 'model')
     small_input: bool | None = _opt(None, "ResNets: CIFAR-style 3x3 stem without max-pool for small images (default: on when --global-size <= 64)", 'model')
@@ -73,34 +77,42 @@ class TrainConfig:
                     'crops', choices=('auto', 'batched', 'per-image'))
     global_size: int = _opt(32, "size (px) of the 2 global crops", 'crops')
     local_size: int = _opt(16, "size (px) of the local crops", 'crops')
-    n_local: int = _opt(4, "number of local crops", 'crops')
-    global_scale: tuple[float, float] = _opt((0.4, 1.0), "area range of the global crops (fraction of the image)", 'crops')
+    n_local: int = _opt(0, "number of local crops", 'crops')
+    global_scale: tuple[float, float] = _opt((0.3, 1.0), "area range of the global crops (fraction of the image)", 'crops')
     local_scale: tuple[float, float] = _opt((0.05, 0.4), "area range of the local crops", 'crops')
-    channel_shuffle: float = _opt(0.0, "probability of a random permutation of the RGB channels (breaks colour shortcuts)", 'crops')
+    blur: float = _opt(0.0, "probability of Gaussian blur on the first global crop (then a tenth of it on the second, half on the "
+                            "local crops); the reference's 1.0 (sigma 0.1-2 px) is for 224 px crops and wipes out 32 px shapes", 'crops')
+    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the Gaussian blur's sigma (px)", 'crops')
+    solarize: float = _opt(0.0, "probability of solarizing the second global crop (the reference: 0.2)", 'crops')
+    channel_shuffle: float = _opt(0.5, "probability of a random permutation of the RGB channels (breaks colour shortcuts)", 'crops')
     aug_kwargs: dict = _opt({}, "extra augmentation arguments as JSON, passed to BatchMultiCrop / MultiCropAugmentation", 'crops')
     # --- projection head and loss
-    out_dim: int = _opt(1024, "K, the number of output dimensions (prototypes) of the head", 'head')
+    out_dim: int = _opt(256, "K, the number of output dimensions (prototypes) of the head", 'head')
     hidden_dim: int = _opt(512, "width of the head's hidden layers", 'head')
-    bottleneck_dim: int = _opt(128, "width of the head's l2-normalised bottleneck", 'head')
+    bottleneck_dim: int = _opt(64, "width of the head's l2-normalised bottleneck", 'head')
     nlayers: int = _opt(3, "Linear layers of the head's MLP", 'head')
-    use_bn: bool = _opt(False, "BatchNorm in the head's MLP", 'head')
+    use_bn: bool = _opt(True, "BatchNorm in the head's MLP", 'head')
     norm_last_layer: bool = _opt(True, "fix the weight norm of the head's last layer at 1", 'head')
     warmup_teacher_temp: float = _opt(0.04, "teacher temperature at the start of its warm-up", 'loss')
     teacher_temp: float = _opt(0.04, "teacher temperature after the warm-up (sharpening)", 'loss')
     warmup_teacher_temp_epochs: int = _opt(0, "epochs of linear teacher-temperature warm-up", 'loss')
     student_temp: float = _opt(0.1, "student temperature", 'loss')
     center_momentum: float = _opt(0.9, "EMA rate of the center (centering)", 'loss')
-    momentum_teacher: float = _opt(0.996, "EMA rate of the teacher at the start (cosine schedule to --momentum-teacher-end)", 'loss')
-    momentum_teacher_end: float = _opt(1.0, "EMA rate of the teacher at the end", 'loss')
+    centering: str = _opt('sinkhorn_knopp', "how the teacher's outputs are kept from collapsing: centering (the paper's EMA "
+                          "center) or sinkhorn_knopp (DINOv2's balanced assignment per batch; it learns with small CPU batches)",
+                          'loss', choices=('centering', 'sinkhorn_knopp'))
+    sk_iterations: int = _opt(3, "Sinkhorn-Knopp iterations (with --centering sinkhorn_knopp)", 'loss')
+    momentum_teacher: float = _opt(0.95, "EMA rate of the teacher at the start (cosine schedule to --momentum-teacher-end)", 'loss')
+    momentum_teacher_end: float = _opt(0.95, "EMA rate of the teacher at the end", 'loss')
     # --- optimisation
     optimizer: str = _opt('adamw', "optimizer", 'optim', choices=('adamw', 'sgd'))
-    lr: float = _opt(5e-4, "peak learning rate per 256 images (the reference's rule: lr * batch_size / 256), reached after the warm-up", 'optim')
+    lr: float = _opt(4e-3, "peak learning rate per 256 images (the reference's rule: lr * batch_size / 256), reached after the warm-up", 'optim')
     scale_lr: bool = _opt(True, "scale --lr by batch_size / 256; --no-scale-lr uses --lr as given", 'optim')
-    min_lr: float = _opt(1e-6, "learning rate at the end of the cosine schedule", 'optim')
-    warmup_epochs: float = _opt(1.0, "epochs of linear learning-rate warm-up", 'optim')
+    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine schedule", 'optim')
+    warmup_epochs: float = _opt(0.5, "epochs of linear learning-rate warm-up", 'optim')
     weight_decay: float = _opt(0.04, "weight decay at the start (cosine schedule to --weight-decay-end; not on biases and norms)", 'optim')
-    weight_decay_end: float = _opt(0.4, "weight decay at the end", 'optim')
-    batch_size: int = _opt(64, "global batch size (images per step, over all processes)", 'optim')
+    weight_decay_end: float = _opt(0.04, "weight decay at the end", 'optim')
+    batch_size: int = _opt(128, "global batch size (images per step, over all processes)", 'optim')
     clip_grad: float = _opt(3.0, "clip each parameter's gradient norm to this; 0 = off", 'optim')
     freeze_last_layer: float = _opt(1.0, "epochs during which the head's last layer is not updated", 'optim')
     # --- how long, where
@@ -134,9 +146,11 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown: raise ConfigError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
         d = dict(d)
-        for k in ('global_scale', 'local_scale'):
+        for k in TUPLE_FIELDS:
             if k in d and isinstance(d[k], list): d[k] = tuple(d[k])
         return cls(**d)
+
+TUPLE_FIELDS = ('global_scale', 'local_scale', 'blur_sigma')   # pairs, stored as JSON lists
 
 # fields that may differ between a run's first start and its resumption
 RUN_FIELDS = ('epochs', 'minutes', 'device', 'amp', 'threads', 'out', 'resume', 'stop_at_step', 'num_workers',
@@ -168,7 +182,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()) or not (v >= minimum):
             raise _bad(name, v, f"must be {'an integer' if integer else 'a number'} >= {minimum}")
     for n, m in [('image_size', 8), ('steps_per_epoch', 1), ('patch_size', 1), ('global_size', 4), ('local_size', 4),
-                 ('n_local', 0), ('out_dim', 2), ('hidden_dim', 1), ('bottleneck_dim', 1), ('nlayers', 1),
+                 ('n_local', 0), ('out_dim', 2), ('sk_iterations', 1), ('hidden_dim', 1), ('bottleneck_dim', 1), ('nlayers', 1),
                  ('batch_size', 1), ('eval_every', 0), ('knn_k', 1), ('num_workers', 0)]: positive(n, m)
     for n in ('epochs', 'threads', 'stop_at_step', 'knn_train', 'knn_test'): positive(n, 1 if n != 'knn_train' else 0, optional=True)
     if cfg.minutes is not None and not (cfg.minutes > 0 and math.isfinite(cfg.minutes)): raise _bad('minutes', cfg.minutes, "must be a positive number of minutes")
@@ -179,10 +193,12 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
               'warmup_teacher_temp_epochs'):
         v = getattr(cfg, n)
         if not (isinstance(v, (int, float)) and 0 <= v < float('inf')): raise _bad(n, v, "must be a number >= 0")
-    for n in ('momentum_teacher', 'momentum_teacher_end', 'channel_shuffle', 'drop_path'):
+    for n in ('momentum_teacher', 'momentum_teacher_end', 'channel_shuffle', 'drop_path', 'blur', 'solarize'):
         v = getattr(cfg, n)
         if not 0 <= v <= 1: raise _bad(n, v, "must be between 0 and 1")
     if not 0 <= cfg.center_momentum < 1: raise _bad('center_momentum', cfg.center_momentum, "must be in [0, 1)")
+    if len(cfg.blur_sigma) != 2 or not 0 < cfg.blur_sigma[0] <= cfg.blur_sigma[1]:
+        raise _bad('blur_sigma', cfg.blur_sigma, "must be two numbers 0 < low <= high (px)")
     for n in ('global_scale', 'local_scale'):
         v = getattr(cfg, n)
         if len(v) != 2 or not 0 < v[0] <= v[1] <= 1: raise _bad(n, v, "must be two numbers 0 < low <= high <= 1")
@@ -263,7 +279,8 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 def _augmentation(cls, cfg: TrainConfig):
     "`cls` (`BatchMultiCrop` or `MultiCropAugmentation`) built from a config; unknown `aug_kwargs` raise `ConfigError`."
     kw = dict(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local, global_scale=tuple(cfg.global_scale),
-              local_scale=tuple(cfg.local_scale), p_channel_shuffle=cfg.channel_shuffle, **cfg.aug_kwargs)
+              local_scale=tuple(cfg.local_scale), p_channel_shuffle=cfg.channel_shuffle, sigma=tuple(cfg.blur_sigma),
+              blur=(cfg.blur, cfg.blur / 10, cfg.blur / 2), p_solarize=cfg.solarize, **cfg.aug_kwargs)
     try: return cls(**kw)
     except (TypeError, ValueError) as e: raise ConfigError(f"augmentation ({cls.__name__}): {e}") from None
 
@@ -423,7 +440,7 @@ class SSLMethod(nn.Module):
         return None
 
 class DINOMethod(SSLMethod):
-    "DINO (Algorithm 1 with multi-crop): student, EMA teacher, `DINOLoss` with centering and sharpening."
+    "DINO (Algorithm 1 with multi-crop): student, EMA teacher, `DINOLoss` with sharpening and centering (or Sinkhorn-Knopp)."
     def __init__(self, cfg: TrainConfig, backbone: nn.Module, epochs: int, niter_per_ep: int):
         super().__init__(cfg, backbone, epochs, niter_per_ep)
         head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn, norm_last_layer=cfg.norm_last_layer,
@@ -431,7 +448,8 @@ class DINOMethod(SSLMethod):
         self.student = MultiCropWrapper(backbone, head)
         self.teacher = build_teacher(self.student)
         self.dino_loss = DINOLoss(cfg.out_dim, 2 + cfg.n_local, cfg.warmup_teacher_temp, cfg.teacher_temp,
-                                  min(cfg.warmup_teacher_temp_epochs, epochs), epochs, cfg.student_temp, cfg.center_momentum)
+                                  min(cfg.warmup_teacher_temp_epochs, epochs), epochs, cfg.student_temp, cfg.center_momentum,
+                                  centering=cfg.centering, sk_iterations=cfg.sk_iterations)
         self.momentum_schedule = cosine_scheduler(cfg.momentum_teacher, cfg.momentum_teacher_end, epochs, niter_per_ep)
         self.monitor = CollapseMonitor(cfg.out_dim)
 
@@ -459,6 +477,35 @@ class DINOMethod(SSLMethod):
         return self.monitor.update(step, stats['teacher_entropy'], stats['kl'])
 
 METHODS['dino'] = DINOMethod
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
+    """SimCLR's NT-Xent loss of two batches of projections `(B, D)`: each view must pick its partner among the
+    2B - 1 others (cosine similarity / temperature, cross-entropy). Negatives are this process's batch only."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)                       # (2B, D)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float('-inf'))                                         # a view is not its own candidate
+    B = len(z1)
+    target = torch.cat([torch.arange(B, 2 * B), torch.arange(B)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+class SimCLRMethod(SSLMethod):
+    """A compact SimCLR (Chen et al. 2020), here as the ladder's contrastive reference: the backbone, a projector
+    (Linear-BN-ReLU-Linear, `hidden_dim` -> `bottleneck_dim`) and NT-Xent at temperature 0.2 between the two global
+    crops (local crops, if any, are ignored). Lesson 03 builds the full family; this is the existence proof that the
+    data can be learnt without labels in the same budget."""
+    temperature = 0.2
+    def __init__(self, cfg: TrainConfig, backbone: nn.Module, epochs: int, niter_per_ep: int):
+        super().__init__(cfg, backbone, epochs, niter_per_ep)
+        proj = nn.Sequential(nn.Linear(backbone.embed_dim, cfg.hidden_dim), nn.BatchNorm1d(cfg.hidden_dim), nn.ReLU(inplace=True),
+                             nn.Linear(cfg.hidden_dim, cfg.bottleneck_dim))
+        self.student = MultiCropWrapper(backbone, proj)
+
+    def loss(self, crops, epoch, step):
+        z = self.student_forward(crops[:2])                                   # (2B, bottleneck_dim)
+        z1, z2 = z.chunk(2)
+        return nt_xent(z1, z2, self.temperature), {}
+
+METHODS['simclr'] = SimCLRMethod
 
 def register_method(name: str, cls: type[SSLMethod]) -> None:
     "Make `cls` trainable with `TrainConfig(method=name)` (and `dino-course train --method name`)."
@@ -558,9 +605,12 @@ _STOP_REASONS = (None, 'step limit', 'time budget', 'interrupted')
 class Trainer:
     """Self-supervised training of `METHODS[cfg.method]` as `cfg` describes (`cfg.epochs` must be resolved:
     `train` does that). `fit()` runs it and returns the metrics; attributes: `method` (networks), `optimizer`,
-    `history` (one dict per epoch), `epoch`/`it`/`step` (position), `run_dir`."""
+    `history` (one dict per epoch), `epoch`/`it`/`step` (position), `run_dir`.
+    `time_budget=True` (with `cfg.minutes`): the run lasts `cfg.minutes` of wall-clock time, whatever the speed, and
+    every schedule (learning rate, weight decay, teacher momentum and temperature, the frozen last layer) advances
+    with the share of the budget used, over a nominal `cfg.epochs`; `progress` is that share."""
     def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, device: torch.device | None = None,
-                 evaluator: KNNEvaluator | None = None, verbose: bool = True):
+                 evaluator: KNNEvaluator | None = None, verbose: bool = True, time_budget: bool = False):
         validate_config(cfg)
         if env is None: env, device = init_distributed(cfg.device)
         if cfg.batch_size % env.world_size:
@@ -593,6 +643,8 @@ class Trainer:
         self.acc: dict[str, float] = {}                                # running sums of the current epoch
         self.last_good: dict | None = None                             # where the last checkpoint was saved
         self._sigint, self._eval_seconds, self._deadline = False, 0., None
+        self.time_budget = bool(time_budget and cfg.minutes)
+        self.progress, self._sched_step, self.final_jaccard = 0., 0, None                        # share of a time budget's schedules used; last index
 
     # ---- one step
     def _set_schedules(self, step: int):
@@ -636,7 +688,7 @@ class Trainer:
                 'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict() if self.scaler else None,
                 'epoch': self.epoch, 'it': self.it, 'step': self.step, 'images_seen': self.images_seen,
                 'seconds': self.seconds, 'train_seconds': self.train_seconds, 'history': self.history, 'acc': self.acc,
-                'step_log': self.step_log, 'rng': rng or _rng_state()}
+                'step_log': self.step_log, 'rng': rng or _rng_state(), 'time_budget': self.time_budget, 'progress': self.progress}
 
     def load_state_dict(self, ckpt: dict, path: str | Path = CHECKPOINT) -> None:
         "Restore a `state_dict()`; a checkpoint of another configuration or architecture raises `ResumeError`."
@@ -654,6 +706,7 @@ class Trainer:
         if self.scaler is not None and ckpt.get('scaler'): self.scaler.load_state_dict(ckpt['scaler'])
         for k in ('epoch', 'it', 'step', 'images_seen', 'seconds', 'train_seconds', 'history', 'acc'): setattr(self, k, ckpt[k])
         self.step_log = ckpt.get('step_log', [])
+        self.progress = ckpt.get('progress', 0.)
         _set_rng_state(ckpt['rng'])
         self.last_good = dict(epoch=self.epoch, step=self.step)
 
@@ -672,6 +725,18 @@ class Trainer:
     def _print(self, *args):
         if self.verbose: print(*args, flush=True)
 
+    def attention_jaccard(self) -> float | None:
+        """Jaccard (0-1) of the evaluation backbone's attention masks (60% of the mass) against the built-in shapes'
+        ground truth (rank 0, shapes only; None for other data or a backbone without attention)."""
+        if not self.env.is_main or self.cfg.data != 'shapes': return None
+        if not hasattr(self, '_seg_bank'):
+            imgs, masks = shapes_masks_bank(256, self.cfg.image_size)
+            if self.cfg.image_size != self.cfg.global_size:      # the backbone sees global-crop-sized images
+                imgs = _resize_uint8(imgs, self.cfg.global_size)
+                masks = F.interpolate(masks[:, None].float(), size=self.cfg.global_size, mode='nearest')[:, 0] > 0.5
+            self._seg_bank = imgs, masks
+        return attention_jaccard(self.method.eval_backbone(), *self._seg_bank, device=self.device)
+
     def evaluate(self) -> float | None:
         "kNN top-1 (%) of the method's evaluation backbone (rank 0; None elsewhere or without an evaluator)."
         if not self.env.is_main or self.evaluator is None: return None
@@ -685,17 +750,18 @@ class Trainer:
         n = max(self.acc.get('n', 0), 1)
         e = {'epoch': round(self.step / self.niter_per_ep, 4), 'step': self.step, 'images_seen': self.images_seen,
              'seconds': round(self.seconds, 2)}
+        if self.time_budget: e['progress'] = round(self.progress, 4)
         if self.acc.get('n'):
             e.update({k: v if k == 'collapse_warning' else v / n for k, v in self.acc.items() if k not in ('n', 'time')})
             e['images_per_second'] = self.acc['n'] * self.cfg.batch_size / max(self.acc['time'], 1e-9)
-            last = max(self.step - 1, 0)
+            last = self._sched_step
             e.update(lr=float(self.lr_schedule[min(last, len(self.lr_schedule) - 1)]),
                      weight_decay=float(self.wd_schedule[min(last, len(self.wd_schedule) - 1)]), **self.method.logged(last))
         if partial: e['partial'] = True
         return e
 
     def _log_line(self, e: dict) -> str:
-        parts = [f"epoch {e['epoch']:g}/{self.epochs}"]
+        parts = [f"epoch {e['epoch']:g}" + (f" (budget {100 * e.get('progress', 0):.0f}%)" if self.time_budget else f"/{self.epochs}")]
         for k, name, fmt in [('loss', 'loss', '.4f'), ('teacher_entropy', 'h', '.3f'), ('kl', 'KL', '.3f'),
                              ('knn_top1', 'kNN', '.1f'), ('images_per_second', 'img/s', '.0f')]:
             if e.get(k) is not None: parts.append(f"{name} {e[k]:{fmt}}" + ('%' if k == 'knn_top1' else ''))
@@ -710,9 +776,11 @@ class Trainer:
         "The run's summary (what `metrics.json` holds)."
         evals = [e for e in self.history if e.get('knn_top1') is not None]
         init = [e['knn_top1'] for e in evals if e['step'] == 0]
+        jac0 = [e['jaccard'] for e in self.history if e['step'] == 0 and 'jaccard' in e]
         return {'knn_top1': evals[-1]['knn_top1'] if evals else None,
                 'knn_top1_best': max(e['knn_top1'] for e in evals) if evals else None,
                 'knn_top1_init': init[0] if init else None,
+                'jaccard': self.final_jaccard, 'jaccard_init': jac0[0] if jac0 else None,
                 'epochs': round(self.step / self.niter_per_ep, 4), 'epochs_planned': self.epochs, 'steps': self.step,
                 'images_seen': self.images_seen, 'seconds': round(self.seconds, 2), 'train_seconds': round(self.train_seconds, 2),
                 'images_per_second': self.images_seen / self.train_seconds if self.train_seconds else None,
@@ -795,19 +863,30 @@ class Trainer:
             self.load_state_dict(checkpoint, self.run_dir / CHECKPOINT)
             self._write_logs()                      # the log matches the checkpoint, whatever happened after it
             self._print(f"Resuming {self.run_dir} at epoch {self.epoch} (step {self.step})")
-        seconds0 = self.seconds
+        seconds0, progress0, horizon = self.seconds, self.progress, self.epochs * niter
         tick = lambda: setattr(self, 'seconds', seconds0 + time.time() - started)
+        def schedule_position(epoch: int) -> tuple[float, int]:
+            "(epoch, step) the schedules are read at: the real position, or under a time budget the share of it used"
+            if not self.time_budget: return epoch, self.step
+            # this invocation's budget (less the final evaluation's reserve) stretches over what the schedules have left
+            left = max(self._deadline - self._eval_seconds - 2 - started, 1e-9)
+            self.progress = min(1., progress0 + (1 - progress0) * (time.time() - started) / left)
+            s = min(int(self.progress * horizon), horizon - 1)
+            return s / niter, s
         if self.env.is_main and self.evaluator is None: self.evaluator = knn_bank(cfg, self.device)
         if not self.history:                        # the untrained network, as a baseline
             self.history.append({'epoch': 0, 'step': 0, 'images_seen': 0, 'seconds': 0., 'knn_top1': self.evaluate()})
             self._print(self._log_line(self.history[-1]) + '  (before training)')
+        if self.step == 0 and self.env.is_main and 'jaccard' not in self.history[0]:
+            self.history[0]['jaccard'] = self.attention_jaccard()
         stop = None
         with self._ctrl_c():
-            while self.epoch < self.epochs and stop is None:
+            while (self.time_budget or self.epoch < self.epochs) and stop is None:
                 epoch, t_epoch = self.epoch, time.time()
-                bar = progress(total=niter, desc=f"epoch {epoch + 1}/{self.epochs}", initial=self.it)
+                bar = progress(total=niter, desc=f"epoch {epoch + 1}" + ('' if self.time_budget else f"/{self.epochs}"), initial=self.it)
                 for crops in self.batches.epoch(epoch, self.it):
-                    loss, stats = self.train_step(crops, epoch, self.step)
+                    sched_epoch, self._sched_step = schedule_position(epoch)
+                    loss, stats = self.train_step(crops, sched_epoch, self._sched_step)
                     warning = self.method.check_collapse(self.step, stats)
                     if warning:
                         self.acc['collapse_warning'] = warning
@@ -818,6 +897,7 @@ class Trainer:
                     self.it += 1; self.step += 1; self.images_seen += cfg.batch_size
                     bar.update(); bar.set_postfix(loss=f'{loss:.3f}', refresh=False)
                     stop = self._should_stop()
+                    if stop == 'time budget' and self.time_budget: self.progress = 1.   # the schedules are complete
                     if stop: break
                 bar.close()
                 dt = time.time() - t_epoch
@@ -830,10 +910,11 @@ class Trainer:
                 else:       # stopped inside the epoch; Ctrl-C skips the evaluation to exit quickly
                     self._end_period(partial=True, evaluate=stop != 'interrupted', rng=rng)
                 tick()
-                if self.epoch < self.epochs and stop is None and time.time() - getattr(self, '_plotted', 0) > 60:
+                if (self.time_budget or self.epoch < self.epochs) and stop is None and time.time() - getattr(self, '_plotted', 0) > 60:
                     self.write_figures(); self._plotted = time.time()
         tick()
-        finished = self.epoch >= self.epochs
+        self.final_jaccard = self.attention_jaccard()
+        finished = stop == 'time budget' if self.time_budget else self.epoch >= self.epochs
         metrics = self.metrics('finished' if finished else stop)
         if self.env.is_main:
             atomic_save(json.dumps(metrics, indent=1), self.run_dir / 'metrics.json', writer=_write_text)
@@ -843,9 +924,13 @@ class Trainer:
         if stop == 'interrupted':
             raise TrainingInterrupted(f"interrupted at epoch {self.step / niter:.2f} (step {self.step}); checkpoint saved in "
                                       f"{self.run_dir}. Re-run the same command to resume.")
-        msg = {'finished': 'finished', 'time budget': f'stopped at the time budget ({cfg.minutes} min); re-run to continue',
+        msg = {'finished': f'finished its time budget ({cfg.minutes:g} min)' if self.time_budget else 'finished',
+               'time budget': f'stopped at the time budget ({cfg.minutes} min); re-run to continue',
                'step limit': f'stopped at step {self.step} (stop_at_step); re-run to continue'}[metrics['stopped']]
         knn = 'not evaluated' if metrics['knn_top1'] is None else f"{metrics['knn_top1']:.1f}%"
+        if metrics['knn_top1_init'] is not None and metrics['knn_top1'] is not None: knn += f" (at initialisation {metrics['knn_top1_init']:.1f}%)"
+        if metrics['jaccard'] is not None:
+            knn += f", attention-mask Jaccard {metrics['jaccard']:.3f}" + (f" (at initialisation {metrics['jaccard_init']:.3f})" if metrics['jaccard_init'] is not None else '')
         self._print(f"Run {msg}: kNN top-1 {knn}, {metrics['images_seen']} images, {metrics['seconds']:.0f}s. "
                     f"Run directory: {self.run_dir}")
         return metrics
@@ -881,7 +966,8 @@ def calibrate_epochs(cfg: TrainConfig, env: DistEnv, device: torch.device, evalu
 def train(cfg: TrainConfig | None = None, verbose: bool = True, **overrides) -> dict:
     """Train as `cfg` (plus field `overrides`: `train(epochs=2, arch='resnet18')`) says, resuming from the run
     directory's checkpoint when there is one; returns the metrics (also in `<run dir>/metrics.json`).
-    Under `torchrun` every process calls it; rank 0 writes the run directory."""
+    Under `torchrun` every process calls it; rank 0 writes the run directory.
+    With `minutes` and no `epochs` the run is a time budget (see `Trainer`): it stops at the budget whatever the speed."""
     cfg = validate_config(replace(cfg or TrainConfig(), **overrides))
     started = time.time()
     env, device = init_distributed(cfg.device)
@@ -892,6 +978,17 @@ def train(cfg: TrainConfig | None = None, verbose: bool = True, **overrides) -> 
             diff = config_differences(ckpt['config'], cfg.to_dict())
             if diff: raise ResumeError(f"{path} was written by a different configuration ({'; '.join(diff)}). Use a new --out "
                                        "for a separate run, or --no-resume to start over here (the old checkpoint is kept under another name).")
+        # a time budget: --minutes without --epochs at the start; a resumed run keeps what it started as
+        time_budget = bool(ckpt.get('time_budget')) if ckpt is not None and cfg.epochs is None else (cfg.epochs is None and cfg.minutes is not None)
+        if time_budget and ckpt is not None:
+            if ckpt.get('progress', 0.) >= 1:
+                done = run_directory(cfg) / 'metrics.json'
+                if verbose and env.is_main: print(f"{run_directory(cfg)} already used its whole time budget; its results are in {done}. "
+                                                  "Use a new --out (or --no-resume) to train again.")
+                if done.exists(): return json.loads(done.read_text())
+            if not cfg.minutes:
+                raise ConfigError(f"{path}: this run's schedules follow a time budget ({100 * ckpt.get('progress', 0.):.0f}% used); "
+                                  "pass --minutes M to continue it over M more minutes")
         evaluator = knn_bank(cfg, device) if env.is_main else None
         knn0 = None
         if cfg.epochs is None:
@@ -901,7 +998,7 @@ def train(cfg: TrainConfig | None = None, verbose: bool = True, **overrides) -> 
             cfg = replace(cfg, epochs=epochs)
         elif ckpt is not None and ckpt['config']['epochs'] != cfg.epochs and verbose and env.is_main:
             print(f"Note: the schedules change from {ckpt['config']['epochs']} to {cfg.epochs} epochs")
-        trainer = Trainer(cfg, env, device, evaluator, verbose)
+        trainer = Trainer(cfg, env, device, evaluator, verbose, time_budget=time_budget)
         if knn0 is not None and ckpt is None:
             trainer.history.append({'epoch': 0, 'step': 0, 'images_seen': 0, 'seconds': 0., 'knn_top1': knn0})
             if verbose and env.is_main: print(trainer._log_line(trainer.history[-1]) + '  (before training)')
@@ -981,14 +1078,51 @@ def attention_maps(backbone: nn.Module, images: Tensor, device=None) -> Tensor |
         return None
     finally: backbone.train(was)
 
+def mass_masks(maps: Tensor, threshold: float = 0.6) -> Tensor:
+    """Boolean masks `(B, h, w)` of the smallest set of patches holding `threshold` of each map's attention mass
+    (DINO's `visualize_attention.py`: sort, cumulative sum, keep the top until the mass is reached)."""
+    flat = maps.flatten(1).float()
+    flat = flat / flat.sum(1, keepdim=True).clamp_min(1e-12)                   # (B, h*w), each row sums to 1
+    vals, idx = flat.sort(1, descending=True)
+    keep_sorted = vals.cumsum(1) - vals < threshold                            # patches needed before the mass is reached
+    keep = torch.zeros_like(keep_sorted).scatter_(1, idx, keep_sorted)
+    return keep.view_as(maps)
+
+def jaccard(pred: Tensor, target: Tensor) -> Tensor:
+    "Jaccard index |A and B| / |A or B| of boolean masks, one per image: `(B, H, W)` pairs -> `(B,)` (1 when both are empty)."
+    pred, target = pred.flatten(1).bool(), target.flatten(1).bool()
+    inter, union = (pred & target).sum(1).float(), (pred | target).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+SEG_SEED = 10**9 + 11
+
+def shapes_masks_bank(n: int = 256, size: int = 32, seed: int = SEG_SEED) -> tuple[Tensor, Tensor]:
+    "A fixed set of built-in shapes with their ground-truth masks: uint8 images `(n, 3, S, S)`, bool masks `(n, S, S)`."
+    imgs, _, masks = make_shapes(n, size, seed=seed)
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2), torch.from_numpy(masks)
+
+@torch.no_grad()
+def attention_jaccard(backbone: nn.Module, images: Tensor, masks: Tensor, threshold: float = 0.6,
+                      device=None) -> float | None:
+    """Mean Jaccard (0-1) between the ground-truth masks and the class token's attention (last block, mean of heads)
+    thresholded to keep `threshold` of its mass, upsampled to the image: the report's segmentation measure on the
+    built-in shapes. None for a backbone without attention (a CNN)."""
+    if not hasattr(backbone, 'cls_attention_maps'): return None
+    maps = attention_maps(backbone, images, device)                            # (B, h, w)
+    pred = F.interpolate(mass_masks(maps, threshold)[:, None].float(), size=masks.shape[-2:], mode='nearest')[:, 0]
+    return float(jaccard(pred > 0.5, masks).mean())
+
 def plot_attention(images: Tensor, maps: Tensor | Sequence[Tensor], title: str | None = None,
                    row_titles: Sequence[str] | None = None, size: float = 1.2):
-    "Images (top row) and one or more rows of maps (`(B, h, w)` each), upsampled and overlaid on the images."
+    """Images (top row) and one or more rows of maps (`(B, h, w)` each), upsampled and overlaid on the images.
+    Every map is drawn as its attention relative to uniform (value x number of patches: 1 = no preference) on one
+    shared colour scale, with a colour bar, so rows and images compare directly."""
     from dino_course.augment import IMAGENET_MEAN, IMAGENET_STD
     if images.dtype != torch.uint8:   # normalised floats back to [0, 1] for display
         images = images.cpu() * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     rows = [maps] if isinstance(maps, Tensor) else list(maps)
     B = len(images)
+    vmax = max(float((m.flatten(1) / m.flatten(1).mean(1, keepdim=True)).max()) for m in rows)   # one scale for all maps
     fig, axs = plt.subplots(1 + len(rows), B, figsize=(B * size, (1 + len(rows)) * size), squeeze=False)
     for j in range(B):
         img = images[j].permute(1, 2, 0).cpu().numpy()
@@ -997,11 +1131,12 @@ def plot_attention(images: Tensor, maps: Tensor | Sequence[Tensor], title: str |
         for i, m in enumerate(rows, 1):
             a = F.interpolate(m[j][None, None].float(), size=img.shape[:2], mode='nearest')[0, 0].numpy()
             axs[i, j].imshow(img.mean(-1), cmap='gray', alpha=0.6)
-            axs[i, j].imshow((a - a.min()) / (a.max() - a.min() + 1e-8), cmap='inferno', alpha=0.7)
+            im = axs[i, j].imshow(a / a.mean(), cmap='inferno', alpha=0.7, vmin=0, vmax=vmax)
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
     for i, t in enumerate(row_titles or []): axs[i + 1 if len(row_titles) == len(rows) else i, 0].set_ylabel(t, fontsize=8)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    fig.colorbar(im, ax=axs.ravel().tolist(), shrink=0.6, pad=0.02, label='attention / uniform')
     return fig
 
 # %% ../nbs/05b_train.ipynb #9708eb70
@@ -1036,6 +1171,51 @@ def benchmark_throughput(cfg: TrainConfig | None = None, steps: int = 10, warmup
               f"({dt:.3f} s/step, augmentation {t_aug:.3f} s; drawing a batch of shapes {t_draw:.3f} s){mem}")
     return res
 
+# %% ../nbs/05b_train.ipynb #3b099820
+def _models_dir() -> Path:
+    from dino_course.data import _repo_root
+    root = _repo_root()
+    if root is None: raise FileNotFoundError("the course's trained models ship with a clone of the repository (data/models/); "
+                                             "install it with `pip install -e .` from a clone")
+    return root / 'data' / 'models'
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def export_course_model(run_dir: str | Path, name: str, command: str, models_dir: str | Path | None = None) -> Path:
+    "Copy a finished run's teacher backbone (`backbone.pth`) and a manifest (command, config, metrics, SHA-256) to `models_dir`."
+    run_dir, out = Path(run_dir), Path(models_dir) if models_dir else _models_dir()
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f'{name}.pth'
+    atomic_save(torch.load(run_dir / 'backbone.pth', map_location='cpu', weights_only=True), weights)
+    keep = ('knn_top1', 'knn_top1_init', 'knn_top1_best', 'jaccard', 'jaccard_init', 'images_seen', 'seconds', 'steps',
+            'images_per_second', 'knn_curve', 'device', 'config')
+    manifest = {'name': name, 'command': command, 'sha256': _sha256(weights), 'bytes': weights.stat().st_size,
+                **{k: metrics.get(k) for k in keep}}
+    atomic_save(json.dumps(manifest, indent=1), out / f'{name}.json', writer=_write_text)
+    return weights
+
+def load_course_model(name: str = 'dino_vit_conv_shapes', device=None, models_dir: str | Path | None = None
+                      ) -> tuple[nn.Module, dict]:
+    "A trained backbone that ships with the course, hash-checked and loaded strictly, in eval mode: `(backbone, manifest)`."
+    d = Path(models_dir) if models_dir else _models_dir()
+    mf, weights = d / f'{name}.json', d / f'{name}.pth'
+    if not mf.is_file():
+        known = sorted(p.stem for p in d.glob('*.json')) if d.is_dir() else []
+        raise FileNotFoundError(f"no course model {name!r} in {d}; known: {', '.join(known) or 'none'}")
+    manifest = json.loads(mf.read_text())
+    if not weights.is_file() or _sha256(weights) != manifest['sha256']:
+        raise ResumeError(f"{weights} is missing or does not match the SHA-256 in {mf.name}; restore it with "
+                          f"`git checkout -- {weights}` or re-make it with: {manifest['command']}")
+    backbone = backbone_from_config(TrainConfig.from_dict(manifest['config']))
+    backbone.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True), strict=True)
+    return backbone.to(device or 'cpu').eval(), manifest
+
 # %% ../nbs/05b_train.ipynb #cbb65a88
 def supervised_baseline(cfg: TrainConfig, seconds: float, evaluator: KNNEvaluator, device: torch.device | None = None,
                         lr: float = 1e-3, weight_decay: float = 0.05, evals: int = 5, verbose: bool = True) -> dict:
@@ -1059,20 +1239,29 @@ def supervised_baseline(cfg: TrainConfig, seconds: float, evaluator: KNNEvaluato
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         step += 1; trained += time.time() - t0
         if trained >= next_eval or trained >= seconds:
-            curve.append({'step': step, 'seconds': round(trained, 1), 'knn_top1': evaluator(backbone), 'loss': loss.item()})
-            if verbose: print(f"  supervised: {trained:6.0f} s, step {step}: kNN {curve[-1]['knn_top1']:.1f}%", flush=True)
+            te, yte = extract_features(model, evaluator.test, device=device)             # logits of the test bank
+            curve.append({'step': step, 'seconds': round(trained, 1), 'knn_top1': evaluator(backbone), 'loss': loss.item(),
+                          'test_accuracy': 100 * (te.argmax(1) == yte).float().mean().item()})
+            if verbose: print(f"  supervised: {trained:6.0f} s, step {step}: kNN {curve[-1]['knn_top1']:.1f}%, "
+                              f"test accuracy {curve[-1]['test_accuracy']:.1f}%", flush=True)
             next_eval += seconds / evals
             if trained >= seconds: break
-    te, yte = extract_features(model, evaluator.test, device=device)                     # logits of the test bank
-    acc = 100 * (te.argmax(1) == yte).float().mean().item()
-    return {'knn_top1': curve[-1]['knn_top1'], 'test_accuracy': acc, 'steps': step, 'seconds': trained, 'knn_curve': curve}
+    return {'knn_top1': curve[-1]['knn_top1'], 'test_accuracy': curve[-1]['test_accuracy'], 'steps': step, 'seconds': trained,
+            'knn_curve': curve}
+
+def knn_at(curve: Sequence[dict], seconds: float) -> float | None:
+    "The kNN top-1 of a curve (`seconds`, `knn_top1` entries) at its last evaluation no later than `seconds` (+5 s of slack)."
+    done = [e['knn_top1'] for e in curve if e['seconds'] <= seconds + 5 and e.get('knn_top1') is not None]
+    return done[-1] if done else None
 
 def benchmark_knn(cfg: TrainConfig | None = None, minutes: float | None = None, dino_metrics: dict | None = None,
-                  supervised: bool = True, verbose: bool = True, **overrides) -> dict:
-    """Teacher kNN top-1 (%) of DINO against seconds of training, next to raw pixels, the random backbone and
-    a supervised backbone trained for the same time, all on `cfg`'s kNN bank of the built-in shapes. Trains DINO
-    for `minutes` (default: `cfg.minutes`, else 10) in a fresh temporary run directory unless `cfg.out` is set,
-    or takes the curve of a finished run from `dino_metrics`. Prints a table; returns every figure."""
+                  supervised: bool = True, simclr: bool = True, verbose: bool = True, **overrides) -> dict:
+    """The ladder: kNN top-1 (%) against seconds of DINO, next to raw pixels, the random backbone, SimCLR (the
+    contrastive reference, same backbone, crops and budget) and a supervised backbone trained for the same time
+    (the ceiling), all on `cfg`'s kNN bank of the built-in shapes; plus the attention-mask Jaccard of DINO and of
+    its initialisation. Trains DINO (and SimCLR) for `minutes` (default: `cfg.minutes`, else 10) in fresh
+    temporary run directories (under `cfg.out` if set), or takes DINO's finished run from `dino_metrics`.
+    Prints a table; returns every figure."""
     cfg = replace(cfg or TrainConfig(), **overrides)
     minutes = minutes or cfg.minutes or 10
     if cfg.data != 'shapes': raise ConfigError("benchmark_knn runs on the built-in shapes (--data shapes); its supervised "
@@ -1084,23 +1273,64 @@ def benchmark_knn(cfg: TrainConfig | None = None, minutes: float | None = None, 
     try:
         evaluator = knn_bank(cfg, device)
         seed_everything(cfg.seed)
-        res = {'config': cfg.to_dict(), 'pixels': evaluator(nn.Flatten()),          # raw pixels: the flattened image is the feature
+        import platform
+        res = {'config': cfg.to_dict(), 'date': time.strftime('%Y-%m-%d'),
+               'machine': f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}",
+               'pixels': evaluator(nn.Flatten()),          # raw pixels: the flattened image is the feature
                 'random_init': evaluator(backbone_from_config(cfg).to(device))}
         if verbose: print(f"raw pixels: kNN {res['pixels']:.1f}%; random {cfg.arch}: kNN {res['random_init']:.1f}%", flush=True)
-        if dino_metrics is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                dino_metrics = train(replace(cfg, out=cfg.out or str(Path(tmp) / 'dino')), verbose=verbose)
-        res['dino'] = {k: dino_metrics.get(k) for k in ('knn_top1', 'knn_top1_best', 'seconds', 'images_seen', 'images_per_second', 'knn_curve')}
+        keys = ('knn_top1', 'knn_top1_best', 'knn_top1_init', 'seconds', 'images_seen', 'images_per_second', 'knn_curve',
+                'jaccard', 'jaccard_init')
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(cfg.out) if cfg.out else Path(tmp)
+            if dino_metrics is None: dino_metrics = train(replace(cfg, out=str(root / 'dino')), verbose=verbose)
+            res['dino'] = {k: dino_metrics.get(k) for k in keys}
+            if simclr:
+                if verbose: print(f"SimCLR, {cfg.arch}, {minutes:g} min:", flush=True)
+                m = train(replace(cfg, method='simclr', out=str(root / 'simclr'), epochs=None, minutes=minutes), verbose=verbose)
+                res['simclr'] = {k: m.get(k) for k in keys}
         if supervised:
             if verbose: print(f"supervised {cfg.arch}, {minutes:g} min:", flush=True)
-            res['supervised'] = supervised_baseline(cfg, minutes * 60, evaluator, device, verbose=verbose)
+            res['supervised'] = supervised_baseline(cfg, minutes * 60, evaluator, device, evals=max(1, round(minutes)), verbose=verbose)
     finally: torch.set_num_threads(old_threads)
     if verbose: print(knn_benchmark_table(res))
     return res
 
-def knn_benchmark_table(res: dict) -> str:
-    "The figures of `benchmark_knn` as text: DINO's kNN-vs-seconds curve, then the baselines."
-    lines = ['DINO teacher kNN top-1 against training time:', '  seconds   images   kNN %']
+def plot_ladder(res: dict, ax=None, title: str | None = None):
+    """The ladder of `benchmark_knn` on one pair of axes: kNN top-1 against minutes of DINO, SimCLR and the supervised
+    ceiling, with raw pixels, the random backbone (DINO's starting point) and chance as horizontal lines."""
+    if ax is None: _, ax = plt.subplots(figsize=(6, 3.4))
+    for name, key, c in [('DINO (teacher)', 'dino', 'C0'), ('SimCLR', 'simclr', 'C1'), ('supervised (ceiling)', 'supervised', 'C2')]:
+        if key not in res: continue
+        curve = res[key]['knn_curve']
+        if key == 'supervised': curve = [{'seconds': 0., 'knn_top1': res['random_init']}] + list(curve)   # it starts at random init too
+        ax.plot([e['seconds'] / 60 for e in curve], [e['knn_top1'] for e in curve], 'o-', ms=3, c=c, label=name)
+    ax.axhline(res['pixels'], c='C3', ls='--', lw=1, label='raw pixels')
+    ax.axhline(res['random_init'], c='C7', ls='--', lw=1, label='random init')
+    ax.axhline(10, c='k', ls=':', lw=0.8, label='chance')
+    ax.set_xlabel('minutes of training (2 CPU cores unless noted)'); ax.set_ylabel('kNN top-1 (%)')
+    ax.set_ylim(0, 100); ax.grid(alpha=0.3); ax.legend(fontsize=7, loc='upper left')
+    ax.set_title(title or f"{res['config']['arch']} on the built-in shapes: one kNN bank, one budget", fontsize=9)
+    return ax
+
+def knn_benchmark_table(res: dict, at_minutes: Sequence[float] = (2, 5, 10)) -> str:
+    "The figures of `benchmark_knn` as text: the ladder at `at_minutes` (within the budget), DINO's curve, the baselines."
+    budget = res['config']['minutes']
+    at = [m for m in at_minutes if m <= budget + 1e-9] or [budget]
+    fmt = lambda v: '    -' if v is None else f"{v:5.1f}"
+    rows = [('raw pixels', [res['pixels']] * len(at), ''), ('random init', [res['random_init']] * len(at), '')]
+    for name, key in [('SimCLR', 'simclr'), ('DINO (teacher)', 'dino'), ('supervised (ceiling)', 'supervised')]:
+        if key in res:
+            r = res[key]
+            ips = r.get('images_per_second') or (r['steps'] * res['config']['batch_size'] / r['seconds'] if r.get('steps') else None)
+            rows.append((name, [knn_at(r['knn_curve'], 60 * m) for m in at], f"{ips:.0f} images/s" if ips else ''))
+    lines = ['kNN top-1 (%) after ' + ', '.join(f'{m:g}' for m in at) + ' minutes (one kNN bank; chance 10%):',
+             f"  {'':22}" + ''.join(f"{f'{m:g} min':>8}" for m in at)]
+    lines += [f"  {name:22}" + ''.join(f"{fmt(v):>8}" for v in vals) + f"   {extra}" for name, vals, extra in rows]
+    if res['dino'].get('jaccard') is not None:
+        lines.append(f"attention-mask Jaccard (60% of the mass, built-in masks): DINO {res['dino']['jaccard']:.3f}, "
+                     f"random init {res['dino']['jaccard_init']:.3f}")
+    lines += ['DINO teacher kNN top-1 against training time:', '  seconds   images   kNN %']
     for e in res['dino']['knn_curve']:
         imgs = e.get('images_seen')
         lines.append(f"  {e['seconds']:7.0f}  {'' if imgs is None else imgs:>7}  {e['knn_top1']:6.1f}")

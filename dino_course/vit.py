@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
 # %% auto #0
-__all__ = ['POS_INTERPOLATIONS', 'PatchEmbed', 'Attention', 'Mlp', 'Block', 'resample_pos_embed', 'VisionTransformer', 'vit_tiny',
-           'vit_small', 'vit_base', 'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'describe_state_dict',
-           'load_pretrained', 'build_backbone']
+__all__ = ['POS_INTERPOLATIONS', 'STEMS', 'BLOCKS', 'VIT_CONV_DEFAULTS', 'PatchEmbed', 'Attention', 'Mlp', 'Block',
+           'ClassAttention', 'ClassAttentionBlock', 'resample_pos_embed', 'VisionTransformer', 'vit_tiny', 'vit_small',
+           'vit_base', 'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'describe_state_dict',
+           'load_pretrained', 'build_backbone', 'ConvStem', 'vit_conv']
 
 # %% ../nbs/02_vit.ipynb #d15b5882
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -99,8 +100,49 @@ class Block(nn.Module):
         x = x + self.drop_path(self.mlp(self.norm2(x)))       # eq. 3
         return (x, attn) if return_attention else x
 
+# %% ../nbs/02_vit.ipynb #1637064f
+class ClassAttention(nn.Module):
+    "CaiT's class attention: the class token (token 0) queries all tokens; returns its update (B, 1, D) [and attention (B, heads, 1, N)]."
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__()
+        if dim % num_heads: raise ValueError(f"ClassAttention: dim={dim} is not divisible by num_heads={num_heads}.")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))   # timm's CaiT names
+        self.attn_drop, self.proj, self.proj_drop = nn.Dropout(attn_drop), nn.Linear(dim, dim), nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        B, N, D = x.shape
+        heads = lambda t: t.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)     # (B, h, n, d)
+        q, k, v = heads(self.q(x[:, :1])), heads(self.k(x)), heads(self.v(x))               # (B, h, 1, d), (B, h, N, d) x2
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)                    # (B, h, 1, N)
+        c = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, 1, D)                     # (B, 1, D)
+        c = self.proj_drop(self.proj(c))
+        return (c, attn) if return_attention else c
+
+class ClassAttentionBlock(nn.Module):
+    "Pre-norm class-attention block (CaiT): `cls + CA(LN(x))`, then `cls + MLP(LN(cls))`; patch tokens unchanged."
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = True, drop: float = 0.,
+                 attn_drop: float = 0., drop_path: float = 0., fused_attn: bool = True):   # fused_attn: unused (one query)
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = ClassAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        "(B, N, D) -> (B, N, D) with only token 0 changed; with `return_attention`, also the attention (B, heads, 1, N)."
+        y, attn = self.attn(self.norm1(x), return_attention=True)
+        cls = x[:, :1] + self.drop_path(y)
+        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
+        x = torch.cat([cls, x[:, 1:]], dim=1)
+        return (x, attn) if return_attention else x
+
 # %% ../nbs/02_vit.ipynb #db618bb3
 POS_INTERPOLATIONS = ('dino', 'timm')
+STEMS = ('patch', 'conv')   # PatchEmbed, ConvStem (section "A convolutional stem" below)
+BLOCKS = ('self', 'class')  # Block (self-attention over all tokens), ClassAttentionBlock (CaiT: the class token only)
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None,
                        mode: str = 'dino') -> torch.Tensor:
@@ -130,27 +172,37 @@ def _init_weights(m: nn.Module):
         nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
 class VisionTransformer(nn.Module):
-    "ViT with timm's / DINO's parameter names. `forward` returns the normalised class token (or logits if `num_classes > 0`)."
+    """ViT with timm's / DINO's parameter names. `forward` returns the normalised class token (or logits if `num_classes > 0`).
+    `stem='patch'` embeds patches with `PatchEmbed` (timm's layout); `stem='conv'` with a `ConvStem` of `stem_widths`.
+    `block='class'` uses CaiT's class-attention blocks (only the class token is updated) instead of self-attention."""
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 0, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4., qkv_bias: bool = True, drop_rate: float = 0., attn_drop_rate: float = 0.,
-                 drop_path_rate: float = 0., pos_interpolation: str = 'dino', fused_attn: bool = True):
+                 drop_path_rate: float = 0., pos_interpolation: str = 'dino', fused_attn: bool = True,
+                 stem: str = 'patch', stem_widths: tuple[int, ...] = (32, 64, 128), block: str = 'self'):
         super().__init__()
         self.num_features = self.embed_dim = embed_dim   # feature size, the name both timm and DINO use
         self.num_classes, self.patch_size, self.num_heads = num_classes, patch_size, num_heads
         if pos_interpolation not in POS_INTERPOLATIONS: raise ValueError(f"pos_interpolation={pos_interpolation!r}: use one of {POS_INTERPOLATIONS}.")
         self.pos_interpolation = pos_interpolation
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        if stem not in STEMS: raise ValueError(f"stem={stem!r}: use one of {STEMS} (a stride-P conv, or ConvStem's 3x3 convs).")
+        self.stem = stem
+        self.patch_embed = (PatchEmbed(img_size, patch_size, in_chans, embed_dim) if stem == 'patch'
+                            else ConvStem(img_size, patch_size, in_chans, embed_dim, stem_widths))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()   # stochastic depth grows linearly with depth
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], fused_attn)
+        if block not in BLOCKS: raise ValueError(f"block={block!r}: use one of {BLOCKS} (self-attention, or CaiT's class attention).")
+        self.block = block
+        blk = Block if block == 'self' else ClassAttentionBlock
+        self.blocks = nn.ModuleList([blk(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], fused_attn)
                                      for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.pos_embed, std=.02); trunc_normal_(self.cls_token, std=.02)
         self.apply(_init_weights)
+        if stem == 'conv': self.patch_embed.init_weights()   # the stem's own (ResNet) init, whatever `_init_weights` touches
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -185,7 +237,7 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
-        "The last block's attention (B, heads, N+1, N+1), token 0 being the class token (as in official DINO)."
+        "The last block's attention (B, heads, N+1, N+1), token 0 being the class token (as in official DINO); (B, heads, 1, N+1) for class attention."
         x = self.prepare_tokens(x)
         for blk in self.blocks[:-1]: x = blk(x)
         return self.blocks[-1](x, return_attention=True)[1]
@@ -298,10 +350,13 @@ def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
     if 'cls_token' in sd and 'patch_embed.proj.weight' in sd:
         depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
         w = sd['patch_embed.proj.weight']
+        convs = [v for k, v in sd.items() if k.startswith('patch_embed.stem.') and v.ndim == 4]   # ConvStem's 3x3 convs
+        stem = (f"conv stem widths {tuple(v.shape[0] for v in convs)}, in_chans={convs[0].shape[1]}" if convs
+                else f"patch_size={w.shape[-1]}, in_chans={w.shape[1]}")
         n = sd['pos_embed'].shape[1] - 1 if 'pos_embed' in sd else 0
         g = math.isqrt(n)
         grid = f"{g}x{g}" if g * g == n else f"{n} positions"
-        return f"ViT (embed_dim={w.shape[0]}, depth={depth}, patch_size={w.shape[-1]}, in_chans={w.shape[1]}, pos grid {grid})"
+        return f"ViT (embed_dim={w.shape[0]}, depth={depth}, {stem}, pos grid {grid})"
     first = ', '.join(f"{k} {tuple(v.shape)}" for k, v in list(sd.items())[:2])
     return f"{len(sd)} tensors ({first}, ...)"
 
@@ -361,11 +416,11 @@ def _small_input_stem(model: nn.Module, name: str) -> nn.Module:
 
 def build_backbone(name: str = 'vit_small', small_input: bool = False, **kwargs) -> nn.Module:
     """A backbone without classifier that maps images to (B, embed_dim) features and exposes `.embed_dim`:
-    our ViT for 'vit_tiny' / 'vit_small' / 'vit_base' (`kwargs` go to it, e.g. `patch_size=8`), else
+    our ViT for 'vit_tiny' / 'vit_small' / 'vit_base' / 'vit_conv' (`kwargs` go to it, e.g. `patch_size=8`), else
     `timm.create_model(name, pretrained=False, num_classes=0, **kwargs)`. `small_input=True` gives a
     ResNet a CIFAR-style stem for ~32 px images."""
     if name in _OUR_VITS:
-        if small_input: raise ValueError("small_input applies to ResNets; for a ViT on small images pass a small patch_size and img_size instead.")
+        if small_input: raise ValueError("small_input applies to ResNets; for a ViT on small images pass a small patch_size and img_size, or use 'vit_conv'.")
         return _OUR_VITS[name](**kwargs)
     import timm
     if not timm.is_model(name):
@@ -376,3 +431,60 @@ def build_backbone(name: str = 'vit_small', small_input: bool = False, **kwargs)
     if small_input: _small_input_stem(model, name)
     model.embed_dim = model.num_features   # one name for the feature size, whatever the family
     return model
+
+# %% ../nbs/02_vit.ipynb #17d95eb9
+def _stem_pools(patch_size: int, n_blocks: int) -> int:
+    "How many 2x2 max-pools give a total stride of `patch_size`, checked against the number of conv blocks."
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size & (patch_size - 1):
+        raise ValueError(f"ConvStem: patch_size={patch_size!r} must be a power of two (1, 2, 4, 8, ...): each 2x2 max-pool halves the grid.")
+    n_pool = patch_size.bit_length() - 1
+    if n_pool > n_blocks:
+        raise ValueError(f"ConvStem: patch_size={patch_size} needs {n_pool} max-pools but {n_blocks} conv blocks allow at most "
+                         f"patch_size={2 ** n_blocks}; pass more stem widths or a smaller patch_size.")
+    return n_pool
+
+class ConvStem(nn.Module):
+    """Convolutional patch embedding (Xiao et al. 2021's ViT_C stem), a drop-in for `PatchEmbed`: 3x3 conv-BN-ReLU
+    blocks of `widths` channels, the first log2(`patch_size`) followed by a 2x2 max-pool, then a 1x1 conv to `embed_dim`."""
+    def __init__(self, img_size: int | tuple[int, int] = 32, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 128,
+                 widths: tuple[int, ...] = (32, 64, 128)):
+        super().__init__()
+        if len(widths) == 0: raise ValueError("ConvStem: widths is empty; give at least one conv block, e.g. widths=(32, 64, 128).")
+        n_pool = _stem_pools(patch_size, len(widths))
+        self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)   # patch_size: the total stride
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        layers, c = [], in_chans
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i < n_pool: layers.append(nn.MaxPool2d(2))
+            c = w
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c, embed_dim, kernel_size=1)
+        self.init_weights()
+
+    def init_weights(self):
+        "timm's ResNet init: kaiming-normal convs (fan_out, relu), unit BatchNorms; a zero projection bias."
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "(B, C, H, W) -> (B, h*w, D) with h, w = H//P, W//P, tokens in row-major order (as `PatchEmbed`)."
+        if x.ndim != 4 or min(x.shape[-2:]) < max(self.patch_size):
+            raise ValueError(f"ConvStem expects images (B, C, H, W) at least {max(self.patch_size)} px a side, got shape {tuple(x.shape)}.")
+        # channels_last (NHWC) lets CPU convolutions use oneDNN's fast kernels: about 1.6x faster conv training measured here
+        x = self.proj(self.stem(x.contiguous(memory_format=torch.channels_last)))   # (B, D, h, w), stored as NHWC
+        return x.flatten(2).transpose(1, 2).contiguous()   # (B, h*w, D), a plain contiguous tensor
+
+# %% ../nbs/02_vit.ipynb #cae99b50
+VIT_CONV_DEFAULTS = dict(img_size=32, embed_dim=128, depth=1, num_heads=4, mlp_ratio=4.0, stem='conv', stem_widths=(32, 64, 128),
+                         block='class')
+
+def vit_conv(patch_size: int = 4, **kwargs) -> VisionTransformer:
+    """CPU-sized ViT with a `ConvStem` (defaults `VIT_CONV_DEFAULTS`: 32 px, width 128, one class-attention block, as
+    chosen by the course's DINO-on-CPU search). `kwargs` override any argument (e.g. `block='self', depth=2`)."""
+    return _vit(patch_size, VIT_CONV_DEFAULTS, kwargs)
+
+_OUR_VITS['vit_conv'] = vit_conv   # build_backbone('vit_conv', ...)

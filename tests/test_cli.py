@@ -76,14 +76,16 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert ck['step'] >= 2 and ck['config']['epochs'] == 1000
 
 def test_bench_knn_writes_the_benchmark(tmp_path, capsys):
-    "`dino-course bench --knn`: DINO's kNN curve and the three baselines, printed and saved as knn_benchmark.json."
+    "`dino-course bench --knn`: the ladder (DINO, SimCLR and the three baselines), printed and saved as knn_benchmark.json."
     out = tmp_path / 'bench'
     assert main(['bench', '--knn', '--minutes', '0.02', *TINY, '--no-figures', '--out', str(out)]) == 0
     text = capsys.readouterr().out
     assert all(s in text for s in ('raw pixels', 'random init', 'supervised (ceiling)', 'DINO (final / best)'))
     res = json.loads((out / 'knn_benchmark.json').read_text())
-    assert {'pixels', 'random_init', 'dino', 'supervised', 'config'} <= res.keys()
-    assert (out / 'metrics.json').exists()                    # --out keeps the DINO run
+    assert {'pixels', 'random_init', 'dino', 'simclr', 'supervised', 'config'} <= res.keys()
+    assert 'SimCLR' in text and 'after 0.02 minutes' in text
+    assert (out / 'dino' / 'metrics.json').exists() and (out / 'simclr' / 'metrics.json').exists()   # --out keeps the runs
+    assert res['dino']['jaccard'] is not None and res['dino']['jaccard_init'] is not None
 
 def test_removed_rotation_flag_is_a_usage_error(capsys):
     assert main(['train', '--rotation', '30']) == 2

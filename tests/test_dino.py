@@ -9,7 +9,7 @@ import timm
 
 from dino_course.dino import (DINOLoss, DINOHead, MultiCropWrapper, build_teacher, update_teacher, cosine_scheduler,
                               get_params_groups, set_lr_wd, clip_gradients, cancel_gradients_last_layer, dino_step,
-                              DINO, entropy, kl_divergence, dino_stats, teacher_temp_schedule)
+                              DINO, entropy, kl_divergence, dino_stats, teacher_temp_schedule, sinkhorn_knopp)
 
 torch.set_num_threads(2)
 
@@ -391,3 +391,182 @@ def test_dino_step_bf16_autocast_on_cpu():
     loss = dino_step(student, teacher, loss_fn, crops, opt, epoch=1, momentum=0.9, amp_dtype=torch.bfloat16)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)      # the loss itself runs in float32
     assert loss_fn.center.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- Sinkhorn-Knopp teacher (DINOv2)
+def _cosine_logits(n, K, seed, dtype=torch.float32):
+    "Teacher logits of the size a DINO head gives (cosines, here about 0.1 * N(0, 1))."
+    return 0.1 * torch.randn(n, K, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _sinkhorn_loops(logits, T, n_iterations=3):
+    "DINOv2's sinkhorn_knopp_teacher written with plain loops over a float64 numpy array."
+    L = np.asarray(logits, dtype=np.float64) / T
+    B, K = L.shape
+    Q = np.exp(L - L.max()).T
+    Q /= Q.sum()
+    for _ in range(n_iterations):
+        for k in range(K): Q[k, :] /= K * Q[k, :].sum()
+        for b in range(B): Q[:, b] /= B * Q[:, b].sum()
+    return torch.from_numpy((B * Q).T)
+
+
+def _col_dev(P):
+    "Largest |column sum - B/K|, relative to B/K."
+    B, K = P.shape
+    return ((P.double().sum(0) - B / K).abs().max() / (B / K)).item()
+
+
+@pytest.mark.parametrize('B,K', [(64, 16), (16, 32), (32, 32)])
+def test_sinkhorn_rows_are_distributions_and_columns_balance(B, K):
+    t = _cosine_logits(B, K, seed=B + K)
+    devs = {}
+    for n in (1, 3, 10, 50):
+        P = sinkhorn_knopp(t, 0.04, n)
+        assert P.shape == (B, K) and P.dtype == torch.float32 and (P >= 0).all()
+        torch.testing.assert_close(P.sum(1), torch.ones(B), rtol=0, atol=1e-6)   # the last step is the column step
+        devs[n] = _col_dev(P)
+    assert devs[1] > devs[3] > devs[10] > devs[50]
+    # measured on these inputs: 0.25, 0.06, 0.11 after 3 iterations (up to 0.40 over 20 seeds and T = 0.07);
+    # at most 2e-7 after 50 (float32 rounding; up to 2.5e-5 over those 40 inputs)
+    assert devs[3] < 0.3, devs
+    assert devs[50] < 1e-5, devs
+
+
+@pytest.mark.parametrize('T,n', [(0.04, 3), (0.07, 3), (0.1, 10), (1.0, 1)])
+def test_sinkhorn_matches_direct_implementation(T, n):
+    t = _cosine_logits(24, 40, seed=7)
+    torch.testing.assert_close(sinkhorn_knopp(t, T, n).double(), _sinkhorn_loops(t, T, n), rtol=0, atol=1e-6)
+    # float64 stays float64 (and agrees to rounding); half precision is promoted to float32
+    t64 = t.double()
+    assert sinkhorn_knopp(t64, T, n).dtype == torch.float64
+    torch.testing.assert_close(sinkhorn_knopp(t64, T, n), _sinkhorn_loops(t64, T, n), rtol=0, atol=1e-12)
+    assert sinkhorn_knopp(t.bfloat16(), T, n).dtype == torch.float32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = sinkhorn_knopp(t, T, n)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, sinkhorn_knopp(t, T, n), rtol=0, atol=0)
+
+
+def test_sinkhorn_invariant_to_shifts():
+    # float64, so that t + c is not rounded (in float32, t + 100 moves the logits by up to 4e-6)
+    t = _cosine_logits(32, 16, seed=3, dtype=torch.float64)
+    P = sinkhorn_knopp(t, 0.04)
+    # a constant on all logits: removed by the global max (without it exp(100 / 0.04) overflows to inf)
+    for c in (-30.0, 5.0, 100.0):
+        torch.testing.assert_close(sinkhorn_knopp(t + c, 0.04), P, rtol=0, atol=1e-6)
+    assert torch.isfinite(sinkhorn_knopp(t.float() + 100.0, 0.04)).all()
+    # a constant per prototype is a common factor of a row of Q: the first row step removes it
+    offsets = torch.linspace(-0.1, 0.1, 16, dtype=torch.float64)
+    torch.testing.assert_close(sinkhorn_knopp(t + offsets, 0.04), P, rtol=0, atol=1e-6)
+    # ... which the softmax does not: a collapsed teacher (one prototype on for all) is spread by SK
+    collapsed = 0.03 * torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    collapsed[:, 0] += 0.5
+    assert entropy(F.softmax(collapsed / 0.04, -1).mean(0)) < 0.01
+    assert entropy(sinkhorn_knopp(collapsed, 0.04).mean(0)) > 0.999 * math.log(16)
+    with pytest.raises(ValueError, match='n_iterations'):
+        sinkhorn_knopp(t, 0.04, 0)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_loss_sinkhorn_matches_direct_computation(dtype, tol):
+    K, B, nc, T, n_it = 32, 8, 6, 0.04, 3
+    loss_fn = DINOLoss(K, nc, T, T, 0, 10, centering='sinkhorn_knopp', sk_iterations=n_it).to(dtype)
+    gen = torch.Generator().manual_seed(11)
+    s = torch.randn(nc * B, K, generator=gen, dtype=dtype)
+    t = 0.1 * torch.randn(2 * B, K, generator=gen, dtype=dtype)
+    loss = loss_fn(s, t, 0)
+    pt = _sinkhorn_loops(t, T, n_it).chunk(2)                  # all 2B rows jointly, then one chunk per global crop
+    ls = F.log_softmax(s.double() / 0.1, -1).chunk(nc)
+    ces = [-(pt[i] * ls[j]).sum(-1).mean() for i in range(2) for j in range(nc) if i != j]
+    assert abs(loss.item() - torch.stack(ces).mean().item()) < tol
+    assert loss.dtype == dtype
+    st = loss_fn.last_stats
+    assert abs(float(st['teacher_entropy']) - torch.cat([entropy(p) for p in pt]).mean().item()) < tol
+    assert abs(float(st['cross_entropy']) - loss.item()) < tol
+    assert abs(float(st['cross_entropy']) - float(st['teacher_entropy']) - float(st['kl'])) < tol
+    # SK on all global crops jointly differs from SK per crop (the batch DINOv2 balances is 2B rows)
+    per_crop = torch.cat([_sinkhorn_loops(c, T, n_it) for c in t.chunk(2)])
+    assert (per_crop - torch.cat(pt)).abs().max() > 1e-3
+
+
+def test_loss_sinkhorn_leaves_center_and_gradients():
+    K, B = 16, 4
+    loss_fn = DINOLoss(K, 4, 0.04, 0.04, 0, 10, centering='sinkhorn_knopp')
+    loss_fn.center.normal_()
+    c0 = loss_fn.center.clone()
+    s = torch.randn(4 * B, K, requires_grad=True)
+    t = (0.1 * torch.randn(2 * B, K)).requires_grad_()
+    a = loss_fn(s, t + 3.0, 0)                                  # the center is neither subtracted nor updated
+    assert torch.equal(loss_fn.center, c0)
+    loss_fn.update_center(t.detach())
+    assert torch.equal(loss_fn.center, c0)
+    loss_fn.center.zero_()
+    b = loss_fn(s, t, 0)
+    assert abs(a.item() - b.item()) < 1e-5
+    b.backward()
+    assert t.grad is None and s.grad is not None                # stop-gradient on the teacher
+
+
+def test_loss_centering_option_validation_and_default():
+    with pytest.raises(ValueError, match="centering='nope'"):
+        DINOLoss(8, 4, 0.04, 0.04, 0, 10, centering='nope')
+    with pytest.raises(ValueError, match='sk_iterations'):
+        DINOLoss(8, 4, 0.04, 0.04, 0, 10, centering='sinkhorn_knopp', sk_iterations=0)
+    # the default is DINO's centering, bit for bit; all nine positional arguments still work
+    K, B, nc = 16, 4, 4
+    default = DINOLoss(K, nc, 0.04, 0.07, 2, 5, 0.1, 0.9, True).double()
+    explicit = DINOLoss(K, nc, 0.04, 0.07, 2, 5, 0.1, 0.9, True, centering='centering', sk_iterations=7).double()
+    assert default.centering == 'centering' and default.sk_iterations == 3
+    gen = torch.Generator().manual_seed(4)
+    for epoch in range(4):
+        s, t = _logits(nc * B, K, gen), _logits(2 * B, K, gen)
+        assert torch.equal(default(s, t, epoch), explicit(s, t, epoch))
+        assert torch.equal(default.center, explicit.center)
+    assert default.center.abs().max() > 0
+
+
+def test_loss_default_mode_still_matches_lightly():
+    from lightly.loss import DINOLoss as LightlyDINOLoss
+    K, B, nc = 32, 8, 4
+    ours = DINOLoss(K, nc, 0.04, 0.07, 3, 10, centering='centering').double()
+    ref = LightlyDINOLoss(K, 0.04, 0.07, 3, 0.1, 0.9).double()
+    gen = torch.Generator().manual_seed(9)
+    for epoch in (0, 2, 5):
+        s, t = _logits(nc * B, K, gen), _logits(2 * B, K, gen)
+        assert abs(ours(s, t, epoch).item() - ref(list(t.chunk(2)), list(s.chunk(nc)), epoch=epoch).item()) < 1e-6
+        torch.testing.assert_close(ours.center, ref.center.reshape(1, K), rtol=0, atol=1e-6)
+
+
+def test_sinkhorn_all_reduce_over_processes(monkeypatch):
+    "Two identical processes (simulated) balance their union: the result is SK of the batch stacked twice."
+    import torch.distributed as dist
+    t = _cosine_logits(12, 20, seed=5, dtype=torch.float64)
+    union = sinkhorn_knopp(torch.cat([t, t]), 0.04)[:12]
+    calls = []
+    def fake_all_reduce(x, op=dist.ReduceOp.SUM):
+        calls.append((tuple(x.shape), op))
+        if op == dist.ReduceOp.SUM: x.mul_(2)                  # the other process holds the same values
+    monkeypatch.setattr(dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(dist, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(dist, 'all_reduce', fake_all_reduce)
+    two = sinkhorn_knopp(t, 0.04)
+    torch.testing.assert_close(two, union, rtol=0, atol=1e-12)
+    assert calls == [((), dist.ReduceOp.MAX), ((), dist.ReduceOp.SUM)] + [((20, 1), dist.ReduceOp.SUM)] * 3
+    torch.testing.assert_close(two.sum(1), torch.ones(12, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(two.sum(0) * 2, union.sum(0) * 2, rtol=0, atol=1e-12)
+
+
+def test_sinkhorn_with_a_real_process_group():
+    import torch.distributed as dist, socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0)); port = sock.getsockname()[1]
+    t = _cosine_logits(16, 8, seed=6)
+    alone = sinkhorn_knopp(t, 0.04)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        torch.testing.assert_close(sinkhorn_knopp(t, 0.04), alone, rtol=0, atol=0)
+        loss = DINOLoss(8, 2, 0.04, 0.04, 0, 1, centering='sinkhorn_knopp')
+        assert torch.isfinite(loss(torch.randn(16, 8), t, 0)) and torch.all(loss.center == 0)
+    finally:
+        dist.destroy_process_group()

@@ -57,8 +57,10 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig):
     train(cfg, verbose=False)
 
 def test_ddp_two_processes_equal_one(tmp_path):
-    "Two gloo processes on slices of the same global batch end with the weights of one process on the whole batch."
-    cfg = dict(epochs=1, steps_per_epoch=3, threads=1, device='cpu')
+    """Two gloo processes on slices of the same global batch end with the weights of one process on the whole batch
+    (the Sinkhorn-Knopp teacher balances over the global batch). A network without BatchNorm: on a CPU each process
+    normalises its own slice (the trainer switches to SyncBatchNorm on CUDA only, as the reference)."""
+    cfg = dict(epochs=1, steps_per_epoch=3, threads=1, device='cpu', arch='vit_tiny', use_bn=False)
     train(tiny(tmp_path, 'one', **cfg), verbose=False)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), tiny(tmp_path, 'two', **cfg)), nprocs=2, join=True)
     assert_same(weights(tmp_path / 'one'), weights(tmp_path / 'two'), atol=1e-5)
@@ -172,3 +174,82 @@ def test_benchmark_knn_baselines(tmp_path):
     assert sup['steps'] > 0 and 0 <= sup['test_accuracy'] <= 100 and sup['knn_curve'][-1]['knn_top1'] == sup['knn_top1']
     assert 'raw pixels' in T.knn_benchmark_table(res)
     with pytest.raises(ConfigError, match='built-in shapes'): T.benchmark_knn(replace(cfg, data='cifar10'), verbose=False)
+
+def test_minutes_is_wall_clock_whatever_the_speed(tmp_path, monkeypatch):
+    """--minutes without --epochs: the run stops within one step of the budget even when the steps speed up after the
+    epochs were planned (the planner measured slow steps), and the schedules reach their end at the budget."""
+    import time
+    real_step, t0 = Trainer.train_step, time.time()
+    def step(self, crops, epoch, step_):
+        time.sleep(0.25 if time.time() - t0 < 6 else 0.02)          # slow while the epochs are planned, then fast
+        return real_step(self, crops, epoch, step_)
+    monkeypatch.setattr(Trainer, 'train_step', step)
+    budget = 15.
+    m = train(tiny(tmp_path, epochs=None, minutes=budget / 60, steps_per_epoch=4), verbose=False)
+    assert m['stopped'] == 'finished'
+    assert m['steps'] > m['epochs_planned'] * 4                     # more steps than planned: it did not stop early
+    ck = load_checkpoint(tmp_path / 'run' / CHECKPOINT)
+    assert ck['time_budget'] and ck['progress'] == pytest.approx(1., abs=0.05)
+    # stopped at the budget (less the final evaluation's reserve), not later than one step plus that evaluation
+    assert budget - 4 < m['seconds'] < budget + 2, m['seconds']
+    lrs = [e['lr'] for e in ck['history'] if 'lr' in e]
+    assert lrs[-1] < 0.2 * max(lrs)                                 # the cosine schedule got to its end
+    again = train(tiny(tmp_path, epochs=None, minutes=budget / 60, steps_per_epoch=4), verbose=False)   # re-run: nothing left
+    assert again['steps'] == m['steps']
+
+def test_attention_masks_and_jaccard():
+    "mass_masks keeps the fewest patches holding the mass; jaccard is |A and B| / |A or B| per image."
+    maps = torch.tensor([[[0.5, 0.3], [0.15, 0.05]], [[0.25, 0.25], [0.25, 0.25]]])
+    assert T.mass_masks(maps, 0.6).tolist() == [[[True, True], [False, False]], [[True, True], [True, False]]]
+    assert T.mass_masks(maps, 0.5)[0].sum() == 1 and T.mass_masks(maps, 1.0)[0].all()
+    for _ in range(5):                                               # against a direct sort-and-count
+        m = torch.rand(3, 4, 4)
+        keep = T.mass_masks(m, 0.6)
+        for b in range(3):
+            v = (m[b] / m[b].sum()).flatten().sort(descending=True).values
+            n = int((v.cumsum(0) - v < 0.6).sum())
+            assert keep[b].sum() == n and (m[b][keep[b]].min() >= m[b][~keep[b]].max() if n < 16 else True)
+    a = torch.zeros(2, 4, 4, dtype=torch.bool); b = a.clone()
+    a[0, :2] = True; b[0, 1:3] = True                                # 8 and 8 pixels overlapping in 4
+    assert T.jaccard(a, b).tolist() == [pytest.approx(4 / 12), 1.0]  # two empty masks agree
+    imgs, masks = T.shapes_masks_bank(16, 32)
+    assert imgs.shape == (16, 3, 32, 32) and imgs.dtype == torch.uint8 and masks.shape == (16, 32, 32) and masks.any()
+
+def test_attention_jaccard_of_a_vit_and_of_a_cnn():
+    """Attention that lands on the object scores far above a uniform one (whose 60% of the mass is 60% of the patches,
+    whatever they show); at 60% of the mass even a perfect map covers only part of the object. A CNN has none (None)."""
+    from dino_course.vit import build_backbone
+    imgs, masks = T.shapes_masks_bank(64, 32)
+    class Oracle(torch.nn.Module):                                   # 'attends' to the patches in proportion to the object in them
+        def __init__(self, uniform=False): super().__init__(); self.uniform = uniform; self.w = torch.nn.Parameter(torch.zeros(1))
+        def cls_attention_maps(self, x):
+            m = torch.nn.functional.avg_pool2d(masks[:, None].float(), 4)       # (B, 1, 8, 8) object share per patch
+            return (torch.ones_like(m) if self.uniform else m + 1e-6).expand(-1, 2, -1, -1)
+    oracle, uniform = T.attention_jaccard(Oracle(), imgs, masks), T.attention_jaccard(Oracle(True), imgs, masks)
+    assert 0.5 < oracle < 0.7 and uniform < 0.25, (oracle, uniform)
+    assert T.attention_jaccard(Oracle(), imgs, masks, threshold=0.9) > oracle
+    assert T.attention_jaccard(build_backbone('resnet18', small_input=True), imgs, masks) is None
+
+def test_nt_xent_matches_lightly():
+    "SimCLR's NT-Xent equals lightly's NTXentLoss (no memory bank) on random projections."
+    lightly_loss = pytest.importorskip('lightly.loss')
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    ref = lightly_loss.NTXentLoss(temperature=0.2)(z1, z2)
+    torch.testing.assert_close(T.nt_xent(z1, z2, 0.2), ref, atol=1e-6, rtol=1e-6)
+
+def test_simclr_method_trains(tmp_path):
+    "`--method simclr` runs through the same trainer (checkpoint, kNN, metrics)."
+    m = train(tiny(tmp_path, method='simclr', n_local=0), verbose=False)
+    assert m['method'] == 'simclr' and m['steps'] == 6 and m['knn_top1'] is not None
+    assert set(load_checkpoint(tmp_path / 'run' / CHECKPOINT)) >= {'student', 'optimizer'}
+
+def test_dino_learns_shape_classes_in_a_short_run(tmp_path):
+    """The default recipe (vit_conv, Sinkhorn-Knopp teacher, two views, no blur) lifts the teacher's kNN on the
+    ten shape classes (colours, textures, sizes and positions random) clearly above its initialisation within
+    150 steps of 96 images (about a minute and a half on 2 CPU cores)."""
+    cfg = TrainConfig(out=str(tmp_path / 'sk'), epochs=3, steps_per_epoch=50, batch_size=96, knn_train=2000, knn_test=1000,
+                      figures=False, threads=2)
+    m = train(cfg, verbose=False)
+    assert m['knn_top1'] > m['knn_top1_init'] + 5, (m['knn_top1_init'], m['knn_top1'])
+    assert m['jaccard'] is not None and m['jaccard_init'] is not None

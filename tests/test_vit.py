@@ -1,4 +1,4 @@
-"Tests for dino_course.vit: timm equivalence, attention paths, shapes, checkpoint loading, backbones."
+"Tests for dino_course.vit: timm equivalence, attention paths, shapes, checkpoint loading, backbones, the conv stem."
 import argparse, math
 
 import pytest
@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dino_course.vit import (Attention, Block, CheckpointError, CheckpointMismatchError, PatchEmbed, VisionTransformer,
-                             build_backbone, load_pretrained, resample_pos_embed, vit_base, vit_small, vit_tiny)
+from dino_course.vit import (VIT_CONV_DEFAULTS, Attention, Block, CheckpointError, CheckpointMismatchError, ConvStem,
+                             PatchEmbed, VisionTransformer, build_backbone, describe_state_dict, load_pretrained,
+                             resample_pos_embed, vit_base, vit_conv, vit_small, vit_tiny)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -261,3 +262,102 @@ def test_build_backbone_vit_and_errors():
     with pytest.raises(ValueError, match='Unknown backbone'): build_backbone('resnet_nineteen')
     with pytest.raises(ValueError, match='small_input'): build_backbone('vit_tiny', small_input=True)
     with pytest.raises(ValueError, match='small_input'): build_backbone('vit_tiny_patch16_224', small_input=True, depth=1)
+
+
+# ---------------------------------------------------------------- convolutional stem
+
+@pytest.mark.parametrize('p', [1, 2, 4, 8])
+def test_conv_stem_shape_and_stride(p):
+    torch.manual_seed(0)
+    s = ConvStem(img_size=32, patch_size=p, in_chans=3, embed_dim=16, widths=(8, 8, 8)).eval()
+    assert s.patch_size == (p, p) and s.grid_size == (32 // p, 32 // p) and s.num_patches == (32 // p) ** 2
+    assert sum(isinstance(m, nn.MaxPool2d) for m in s.modules()) == int(math.log2(p))
+    x = torch.randn(2, 3, 32, 48)
+    out = s(x)
+    assert out.shape == (2, (32 // p) * (48 // p), 16) and out.is_contiguous()
+    with torch.no_grad(): fmap = s.proj(s.stem(x))                      # (B, D, h, w): total stride p
+    assert fmap.shape[-2:] == (32 // p, 48 // p)
+    assert torch.allclose(out, fmap.flatten(2).transpose(1, 2), atol=1e-6)   # tokens in row-major order
+    with pytest.raises(ValueError, match=f'at least {p} px'): s(torch.randn(1, 3, 32, p - 1) if p > 1 else torch.randn(3, 32, 32))
+
+
+def test_conv_stem_bad_patch_size():
+    for p in (3, 6, 0):
+        with pytest.raises(ValueError, match='power of two'): ConvStem(patch_size=p)
+    with pytest.raises(ValueError, match=r'needs 4 max-pools.*at most patch_size=8'): ConvStem(patch_size=16, widths=(32, 64, 128))
+    with pytest.raises(ValueError, match='at most patch_size=2'): ConvStem(patch_size=4, widths=(16,))
+    assert ConvStem(patch_size=16, widths=(8, 8, 8, 8)).grid_size == (2, 2)
+    with pytest.raises(ValueError, match='power of two'): vit_conv(patch_size=3)
+    with pytest.raises(ValueError, match='at most patch_size=8'): build_backbone('vit_conv', patch_size=16)
+    with pytest.raises(ValueError, match="stem='cnn'"): VisionTransformer(stem='cnn')
+
+
+def test_vit_conv_shapes_and_attention():
+    torch.manual_seed(0)
+    for m in (vit_conv().eval(), build_backbone('vit_conv').eval()):
+        assert isinstance(m, VisionTransformer) and isinstance(m.patch_embed, ConvStem) and m.stem == 'conv'
+        assert m.embed_dim == m.num_features == 128 == VIT_CONV_DEFAULTS['embed_dim'] and m.patch_size == 4
+        assert len(m.blocks) == 2 and m.num_heads == 4 and m.pos_embed.shape == (1, 65, 128)
+        for px, g in ((32, 8), (16, 4)):                                 # global and local crops
+            x = torch.randn(2, 3, px, px)
+            assert m(x).shape == (2, 128)
+            assert m.forward_features(x).shape == (2, 1 + g * g, 128)
+            assert m.interpolate_pos_encoding(g, g).shape == (1, 1 + g * g, 128)
+            A = m.get_last_selfattention(x)
+            assert A.shape == (2, 4, 1 + g * g, 1 + g * g)
+            assert torch.allclose(A.sum(-1), torch.ones(A.shape[:-1]), atol=1e-5)
+            maps = m.cls_attention_maps(x)
+            assert maps.shape == (2, 4, g, g)
+            assert torch.allclose(maps.sum((-2, -1)) + A[:, :, 0, 0], torch.ones(2, 4), atol=1e-5)
+            layers = m.get_intermediate_layers(x, n=2)
+            assert len(layers) == 2 and all(t.shape == (2, 1 + g * g, 128) for t in layers)
+            assert torch.allclose(layers[-1], m.forward_features(x), atol=1e-6)
+    small = build_backbone('vit_conv', embed_dim=64, depth=1, num_heads=2, stem_widths=(16, 32))
+    assert small.embed_dim == 64 and small(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    assert [m.out_channels for m in small.patch_embed.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 64]
+    assert vit_conv(num_classes=10)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="'vit_conv'"): build_backbone('vit_cnov')   # listed among the names
+    with pytest.raises(ValueError, match='small_input'): build_backbone('vit_conv', small_input=True)
+
+
+def test_vit_conv_state_dict_round_trip():
+    torch.manual_seed(0)
+    src = vit_conv().train()
+    with torch.no_grad():
+        for _ in range(2): src(torch.randn(8, 3, 32, 32))                # BatchNorm running statistics move off their init
+    src.eval()
+    sd = src.state_dict()
+    assert 'patch_embed.stem.1.running_mean' in sd and 'patch_embed.proj.weight' in sd
+    torch.manual_seed(1)
+    dst = vit_conv()
+    dst.load_state_dict(sd, strict=True)
+    dst.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad(): assert torch.equal(dst(x), src(x)) and torch.equal(dst.forward_features(x[:, :, :16, :16]), src.forward_features(x[:, :, :16, :16]))
+    assert 'conv stem widths (32, 64, 128)' in describe_state_dict(sd)
+    with pytest.raises(CheckpointMismatchError, match='conv stem widths'): load_pretrained(vit_tiny(4, img_size=32, depth=2), sd)
+
+
+def test_patch_stem_keys_are_timms():
+    import inspect
+    assert list(inspect.signature(VisionTransformer).parameters)[-2:] == ['stem', 'stem_widths']
+    theirs = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0)
+    ref = {k: v.shape for k, v in theirs.state_dict().items()}
+    for ours in (vit_tiny(16), VisionTransformer(embed_dim=192, depth=12, num_heads=3, stem='patch')):
+        assert ours.stem == 'patch' and isinstance(ours.patch_embed, PatchEmbed)
+        assert {k: v.shape for k, v in ours.state_dict().items()} == ref
+
+
+def test_conv_stem_gradients_and_init():
+    torch.manual_seed(0)
+    m = vit_conv().train()
+    convs = [c for c in m.patch_embed.modules() if isinstance(c, nn.Conv2d)]
+    for c in convs[:-1]:                                  # timm's ResNet init survives VisionTransformer's _init_weights
+        fan_out = c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+        assert c.bias is None and abs(c.weight.std().item() / math.sqrt(2 / fan_out) - 1) < 0.1
+    proj = m.patch_embed.proj
+    assert abs(proj.weight.std().item() / math.sqrt(2 / proj.out_channels) - 1) < 0.1 and proj.bias.abs().sum() == 0
+    assert all(bn.weight.eq(1).all() and bn.bias.eq(0).all() for bn in m.patch_embed.modules() if isinstance(bn, nn.BatchNorm2d))
+    m(torch.randn(4, 3, 32, 32)).pow(2).mean().backward()
+    g = m.patch_embed.stem[0].weight.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
