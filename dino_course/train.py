@@ -958,8 +958,8 @@ def calibrate_epochs(cfg: TrainConfig, env: DistEnv, device: torch.device, evalu
         x = torch.tensor([epochs], device=device if dist.get_backend() == 'nccl' else 'cpu')
         dist.broadcast(x, 0); epochs = int(x.item())
     if env.is_main:
-        print(f"Time budget {cfg.minutes:g} min: {t_step:.3f} s/step, kNN evaluation {t_eval:.1f} s -> "
-              f"{epochs} epochs of {probe.niter_per_ep} steps", flush=True)
+        print(f"Time budget {cfg.minutes:g} min: {t_step:.3f} s/step, kNN evaluation {t_eval:.1f} s -> schedules planned over "
+              f"{epochs} epoch(s) of {probe.niter_per_ep} steps (they follow the clock, whatever the speed)", flush=True)
     del probe
     return epochs, knn0
 
