@@ -280,7 +280,8 @@ def _augmentation(cls, cfg: TrainConfig):
     "`cls` (`BatchMultiCrop` or `MultiCropAugmentation`) built from a config; unknown `aug_kwargs` raise `ConfigError`."
     kw = dict(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local, global_scale=tuple(cfg.global_scale),
               local_scale=tuple(cfg.local_scale), p_channel_shuffle=cfg.channel_shuffle, sigma=tuple(cfg.blur_sigma),
-              blur=(cfg.blur, cfg.blur / 10, cfg.blur / 2), p_solarize=cfg.solarize, **cfg.aug_kwargs)
+              blur=(cfg.blur, cfg.blur / 10, cfg.blur / 2), p_solarize=cfg.solarize)
+    kw.update(cfg.aug_kwargs)                     # `aug_kwargs` has the last word, e.g. '{"blur": [1, 0.1, 0.5]}'
     try: return cls(**kw)
     except (TypeError, ValueError) as e: raise ConfigError(f"augmentation ({cls.__name__}): {e}") from None
 

@@ -245,11 +245,31 @@ def test_simclr_method_trains(tmp_path):
     assert set(load_checkpoint(tmp_path / 'run' / CHECKPOINT)) >= {'student', 'optimizer'}
 
 def test_dino_learns_shape_classes_in_a_short_run(tmp_path):
-    """The default recipe (vit_conv, Sinkhorn-Knopp teacher, two views, no blur) lifts the teacher's kNN on the
-    ten shape classes (colours, textures, sizes and positions random) clearly above its initialisation within
-    150 steps of 96 images (about a minute and a half on 2 CPU cores)."""
-    cfg = TrainConfig(out=str(tmp_path / 'sk'), epochs=3, steps_per_epoch=50, batch_size=96, knn_train=2000, knn_test=1000,
-                      figures=False, threads=2)
+    """The default recipe (vit_conv, Sinkhorn-Knopp teacher, two views, no blur) lifts the teacher's kNN on the ten
+    shape classes (colours, textures, sizes and positions random) above its initialisation within the first 200
+    steps of 128 images of a 1,000-step schedule (about two minutes on 2 CPU cores): measured 14.2% -> 16.6% on the
+    5,000 / 2,000 bank (2,000 test images: a standard error of about 0.8 points), and the loss falls."""
+    cfg = TrainConfig(out=str(tmp_path / 'sk'), epochs=10, steps_per_epoch=100, stop_at_step=200, batch_size=128,
+                      eval_every=0, figures=False, threads=2)             # the ladder's kNN bank: 5,000 / 2,000 shapes
     m = train(cfg, verbose=False)
-    assert m['knn_top1'] > m['knn_top1_init'] + 5, (m['knn_top1_init'], m['knn_top1'])
+    assert m['knn_top1'] > m['knn_top1_init'] + 1.5, (m['knn_top1_init'], m['knn_top1'])
+    h = [e for e in load_checkpoint(tmp_path / 'sk' / CHECKPOINT)['step_log']]
+    assert sum(e['loss'] for e in h[-20:]) / 20 < sum(e['loss'] for e in h[:20]) / 20 - 0.3
     assert m['jaccard'] is not None and m['jaccard_init'] is not None
+
+def test_course_model_export_load_and_hash_check(tmp_path):
+    "export_course_model writes weights + manifest; load_course_model checks the hash and loads strictly; the shipped one loads."
+    run = tmp_path / 'run'
+    m = train(tiny(tmp_path), verbose=False)
+    w = T.export_course_model(run, 'tiny', command='pytest', models_dir=tmp_path / 'models')
+    net, manifest = T.load_course_model('tiny', models_dir=tmp_path / 'models')
+    assert manifest['command'] == 'pytest' and manifest['knn_top1'] == m['knn_top1'] and not net.training
+    x = torch.rand(2, 3, 16, 16)
+    ref = T.backbone_from_config(T.TrainConfig.from_dict(manifest['config']))
+    ref.load_state_dict(torch.load(run / 'backbone.pth', weights_only=True)); ref.eval()
+    torch.testing.assert_close(net(x), ref(x))
+    data = bytearray(w.read_bytes()); data[-10] ^= 0xFF; w.write_bytes(bytes(data))   # a damaged file is refused
+    with pytest.raises(ResumeError, match='SHA-256'): T.load_course_model('tiny', models_dir=tmp_path / 'models')
+    with pytest.raises(FileNotFoundError, match="known: tiny"): T.load_course_model('nope', models_dir=tmp_path / 'models')
+    shipped, man = T.load_course_model('dino_vit_conv_shapes')        # the course's model (data/models/)
+    assert man['knn_top1'] > man['knn_top1_init'] + 10 and shipped.embed_dim == 128

@@ -297,7 +297,8 @@ def test_vit_conv_shapes_and_attention():
     for m in (vit_conv().eval(), build_backbone('vit_conv').eval()):
         assert isinstance(m, VisionTransformer) and isinstance(m.patch_embed, ConvStem) and m.stem == 'conv'
         assert m.embed_dim == m.num_features == 128 == VIT_CONV_DEFAULTS['embed_dim'] and m.patch_size == 4
-        assert len(m.blocks) == 2 and m.num_heads == 4 and m.pos_embed.shape == (1, 65, 128)
+        assert len(m.blocks) == VIT_CONV_DEFAULTS['depth'] == 1 and m.block == 'class' and m.num_heads == 4
+        assert m.pos_embed.shape == (1, 65, 128)
         for px, g in ((32, 8), (16, 4)):                                 # global and local crops
             x = torch.randn(2, 3, px, px)
             assert m(x).shape == (2, 128)
@@ -340,7 +341,7 @@ def test_vit_conv_state_dict_round_trip():
 
 def test_patch_stem_keys_are_timms():
     import inspect
-    assert list(inspect.signature(VisionTransformer).parameters)[-2:] == ['stem', 'stem_widths']
+    assert list(inspect.signature(VisionTransformer).parameters)[-3:] == ['stem', 'stem_widths', 'block']
     theirs = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0)
     ref = {k: v.shape for k, v in theirs.state_dict().items()}
     for ours in (vit_tiny(16), VisionTransformer(embed_dim=192, depth=12, num_heads=3, stem='patch')):
