@@ -11,8 +11,8 @@ import torch
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['SCALES', 'get_device', 'seed_everything', 'get_scale', 'by_scale', 'is_quiet', 'progress', 'to_hwc_uint8',
-           'show_images', 'plot_curves']
+__all__ = ['AMP_CHOICES', 'SCALES', 'get_device', 'cpu_has_native_bf16', 'amp_dtype', 'seed_everything', 'get_scale', 'by_scale',
+           'is_quiet', 'progress', 'to_hwc_uint8', 'show_images', 'plot_curves']
 
 # %% ../nbs/00_core.ipynb #d09c1c09
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -22,6 +22,27 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #2c36957f
+def cpu_has_native_bf16() -> bool:
+    "True when this CPU multiplies bfloat16 in hardware (Intel AMX tiles or AVX512-BF16), so bf16 autocast is faster."
+    # torch exposes these checks only as private helpers of `torch.cpu`; a torch without them counts as 'no'
+    checks = [getattr(torch.cpu, n, None) for n in ('_is_amx_tile_supported', '_is_avx512_bf16_supported')]
+    try: return any(bool(f()) for f in checks if f is not None)
+    except Exception: return False
+
+AMP_CHOICES = ('auto', 'bf16', 'fp16', 'none')
+
+def amp_dtype(device: str | torch.device, amp: str | None = None) -> torch.dtype | None:
+    """The autocast dtype (None: float32) for `amp` ('auto', 'bf16', 'fp16', 'none') on `device`. 'auto' (the default)
+    reads `$DINO_COURSE_AMP` if set, else picks bf16 on CUDA and on CPUs with native bf16 (`cpu_has_native_bf16`)."""
+    amp = (amp or 'auto').strip().lower()
+    if amp == 'auto': amp = (os.environ.get('DINO_COURSE_AMP') or 'auto').strip().lower()
+    if amp not in AMP_CHOICES: raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, not {amp!r}")
+    if amp == 'auto':
+        kind = torch.device(device).type
+        amp = 'bf16' if kind == 'cuda' or (kind == 'cpu' and cpu_has_native_bf16()) else 'none'
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp]
 
 # %% ../nbs/00_core.ipynb #cbe4a570
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:

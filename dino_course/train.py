@@ -15,7 +15,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 import torch.distributed as dist
 import matplotlib.pyplot as plt
-from .core import get_device, seed_everything, progress, is_quiet, plot_curves, show_images
+from .core import get_device, amp_dtype, seed_everything, progress, is_quiet, plot_curves, show_images
 from .data import make_shapes, get_dataset, DatasetNotFoundError, SHAPE_CLASSES
 from .augment import BatchMultiCrop, MultiCropAugmentation, to_normalized, eval_transform
 from .vit import build_backbone
@@ -120,7 +120,8 @@ class TrainConfig:
     minutes: float | None = _opt(None, "time budget of this invocation: stops cleanly at a step boundary, checkpoints and evaluates", 'run')
     seed: int = _opt(0, "random seed (data stream, augmentation, initialisation)", 'run')
     device: str | None = _opt(None, "cpu, cuda, cuda:1, mps (default: the best available; under torchrun: cuda:LOCAL_RANK)", 'run')
-    amp: str = _opt('auto', "mixed precision: auto (bf16 on CUDA, off elsewhere), bf16, fp16 (with a grad scaler), none",
+    amp: str = _opt('auto', "mixed precision: auto (bf16 on CUDA and on CPUs that compute bf16 natively, AMX or AVX512-BF16; float32 "
+                              "elsewhere; $DINO_COURSE_AMP overrides), bf16, fp16 (with a grad scaler), none",
                     'run', choices=('auto', 'bf16', 'fp16', 'none'))
     threads: int | None = _opt(None, "torch CPU threads (default: torch's)", 'run')
     out: str | None = _opt(None, "run directory (default: runs/<method>-<data>-<arch>)", 'run')
@@ -632,9 +633,8 @@ class Trainer:
         peak = cfg.lr * cfg.batch_size / 256 if cfg.scale_lr else cfg.lr    # the reference's linear scaling rule
         self.lr_schedule = cosine_scheduler(peak, cfg.min_lr, self.epochs, niter, warmup_epochs=min(cfg.warmup_epochs, self.epochs))
         self.wd_schedule = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, self.epochs, niter)
-        amp = cfg.amp if cfg.amp != 'auto' else ('bf16' if self.device.type == 'cuda' else 'none')
-        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'none': None}[amp]
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == 'fp16' else None
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)                 # bf16 on CUDA and on CPUs with native bf16
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.evaluator = evaluator
         self.run_dir = run_directory(cfg)
         self.epoch = self.it = self.step = self.images_seen = 0       # position: `epoch` epochs and `it` steps done
@@ -1230,13 +1230,15 @@ def supervised_baseline(cfg: TrainConfig, seconds: float, evaluator: KNNEvaluato
     model = nn.Sequential(backbone, head)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     aug = _augmentation(BatchMultiCrop, replace(cfg, n_local=0)).to(device)
+    dtype = amp_dtype(device, cfg.amp)
     curve, step, trained, next_eval = [], 0, 0.0, seconds / evals
     while True:
         t0 = time.time()
         imgs, labels, _ = make_shapes(cfg.batch_size, cfg.image_size, seed=step_seed(cfg.seed, step, SHAPES))
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, AUGMENT))
         x = aug(torch.from_numpy(imgs).permute(0, 3, 1, 2).to(device), generator=gen)[0]      # (B, 3, G, G)
-        loss = F.cross_entropy(model.train()(x), torch.from_numpy(labels).to(device))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):     # as the SSL runs: same speed-up
+            loss = F.cross_entropy(model.train()(x), torch.from_numpy(labels).to(device))
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         step += 1; trained += time.time() - t0
         if trained >= next_eval or trained >= seconds:

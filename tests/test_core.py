@@ -44,3 +44,25 @@ def test_show_images_with_masks():
     imgs = np.zeros((5, 8, 8, 3), np.uint8); m = np.zeros((5, 8, 8), bool); m[:, 2:5, 2:5] = True
     fig = core.show_images(imgs, m, titles=list('abcde'), ncols=3)
     assert len(fig.axes) == 6 and fig.axes[0].get_title() == 'a'
+
+
+def test_amp_dtype_choices_and_env(monkeypatch):
+    monkeypatch.delenv('DINO_COURSE_AMP', raising=False)
+    assert core.amp_dtype('cuda') is torch.bfloat16 and core.amp_dtype('cuda', 'fp16') is torch.float16
+    assert core.amp_dtype('cpu', 'none') is None and core.amp_dtype('cpu', 'bf16') is torch.bfloat16
+    assert core.amp_dtype('mps') is None                                  # auto: bf16 only on CUDA and native-bf16 CPUs
+    assert core.amp_dtype('cpu') is (torch.bfloat16 if core.cpu_has_native_bf16() else None)
+    monkeypatch.setenv('DINO_COURSE_AMP', 'none')                          # the environment switches 'auto' off ...
+    assert core.amp_dtype('cuda') is None and core.amp_dtype('cpu', 'auto') is None
+    assert core.amp_dtype('cpu', 'bf16') is torch.bfloat16                # ... but not an explicit choice
+    with pytest.raises(ValueError, match='amp must be one of'): core.amp_dtype('cpu', 'half')
+
+
+def test_native_bf16_follows_torch_cpu_checks(monkeypatch):
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False, raising=False)
+    assert not core.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: True, raising=False)
+    assert core.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: 1 / 0, raising=False)   # a broken check counts as no
+    assert not core.cpu_has_native_bf16()
