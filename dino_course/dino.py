@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss', 'sinkhorn_knopp',
-           'DINOHead', 'MultiCropWrapper', 'build_teacher', 'update_teacher', 'cosine_scheduler', 'get_params_groups',
-           'set_lr_wd', 'clip_gradients', 'cancel_gradients_last_layer', 'dino_step', 'DINO']
+           'koleo_loss', 'DINOHead', 'MultiCropWrapper', 'build_teacher', 'update_teacher', 'cosine_scheduler',
+           'get_params_groups', 'set_lr_wd', 'clip_gradients', 'cancel_gradients_last_layer', 'dino_step', 'DINO']
 
 # %% ../nbs/05_dino.ipynb #601afa6c
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -166,6 +166,21 @@ def sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iteratio
         Q *= B                                                        # each sample: mass 1, a distribution over prototypes
     return Q.T
 
+# %% ../nbs/05_dino.ipynb #90b0ae4a
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """DINOv2's KoLeo regulariser (`KoLeoLoss` in facebookresearch/dinov2 `koleo_loss.py`) on features `x` `(n, D)`:
+    $-\frac1n\sum_i \log \lVert x_i - x_{nn(i)} \rVert$ of the l2-normalised rows, `nn(i)` the nearest other row.
+    Runs in float32 with autocast off; needs n >= 2."""
+    if x.ndim != 2 or len(x) < 2: raise ValueError(f"koleo_loss: expects (n, D) features with n >= 2, got shape {tuple(x.shape)}.")
+    with torch.autocast(x.device.type, enabled=False):
+        x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+        with torch.no_grad():
+            dots = x @ x.T                                              # (n, n) cosines
+            dots.fill_diagonal_(-2.)                                    # never one's own neighbour
+            nn_index = dots.argmax(1)                                   # (n,) nearest other feature
+        distances = F.pairwise_distance(x, x[nn_index], p=2, eps=eps)  # (n,)
+        return -torch.log(distances + eps).mean()
+
 # %% ../nbs/05_dino.ipynb #4cde0f6d
 class DINOHead(nn.Module):
     """The reference's projection head: MLP (`nlayers` Linear layers, GELU, optional BatchNorm) to a
@@ -220,14 +235,17 @@ class MultiCropWrapper(nn.Module):
             if isinstance(getattr(backbone, name, None), nn.Module): setattr(backbone, name, nn.Identity())
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor], return_features: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        "Head outputs of all crops; with `return_features`, also the backbone features they came from (for KoLeo)."
         if isinstance(x, torch.Tensor): x = [x]
         feats = []
         # the reference groups with torch.unique_consecutive on widths; itertools.groupby on (H, W) is the same idea
         for _, group in itertools.groupby(x, key=lambda t: tuple(t.shape[-2:])):
             out = self.backbone(torch.cat(list(group)))
             feats.append(out[0] if isinstance(out, tuple) else out)   # some backbones (XCiT) return a tuple
-        return self.head(torch.cat(feats))
+        feats = torch.cat(feats)                                         # (sum of crop batch sizes, D)
+        return (self.head(feats), feats) if return_features else self.head(feats)
 
 # %% ../nbs/05_dino.ipynb #63c2ad1e
 def _unwrap(model: nn.Module) -> nn.Module:

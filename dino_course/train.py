@@ -20,7 +20,7 @@ from .data import make_shapes, get_dataset, DatasetNotFoundError, SHAPE_CLASSES
 from .augment import BatchMultiCrop, MultiCropAugmentation, to_normalized, eval_transform
 from .vit import build_backbone
 from .dino import (DINOLoss, DINOHead, MultiCropWrapper, build_teacher, update_teacher, cosine_scheduler,
-                   get_params_groups, clip_gradients, cancel_gradients_last_layer)
+                   get_params_groups, clip_gradients, cancel_gradients_last_layer, koleo_loss)
 from .evaluate import extract_features, knn_classifier
 from .collapse import CollapseMonitor
 
@@ -55,7 +55,7 @@ class TrainConfig:
     recipe (issue 9's search): `vit_conv` (a conv stem to an 8x8 token grid, one class-attention block of width 128), two
     32 px views (crop scale 0.3-1, channel shuffle 0.5, no blur, no solarization), a Sinkhorn-Knopp teacher at temperature 0.04, K = 256 with a
     BatchNorm head, teacher momentum 0.95, batch 128, AdamW 2e-3. `epochs=None` with `minutes` set: a wall-clock budget
-    (`Trainer`'s `time_budget`). The paper's recipe: `centering='centering'`, `momentum_teacher=0.996`, ... (lesson 05)."""
+    (`Trainer`'s `time_budget`). The paper's recipe: `centering='centering'`, `koleo_weight=0`, `momentum_teacher=0.996`, ... (lesson 05)."""
     # --- what to learn from
     method: str = _opt('dino', "self-supervised method (see METHODS)", 'method')
     data: str = _opt('shapes', "training data: shapes (built-in, endless stream), stl10, imagenette, cifar10, "
@@ -102,6 +102,8 @@ class TrainConfig:
                           "center) or sinkhorn_knopp (DINOv2's balanced assignment per batch; it learns with small CPU batches)",
                           'loss', choices=('centering', 'sinkhorn_knopp'))
     sk_iterations: int = _opt(3, "Sinkhorn-Knopp iterations (with --centering sinkhorn_knopp)", 'loss')
+    koleo_weight: float = _opt(0.3, "weight of DINOv2's KoLeo regulariser on the student's global-crop features, which spreads "
+                                  "them for kNN (0: off, as in the DINO paper)", 'loss')
     momentum_teacher: float = _opt(0.95, "EMA rate of the teacher at the start (cosine schedule to --momentum-teacher-end)", 'loss')
     momentum_teacher_end: float = _opt(0.95, "EMA rate of the teacher at the end", 'loss')
     # --- optimisation
@@ -191,7 +193,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, n)
         if not (isinstance(v, (int, float)) and 0 < v < float('inf')): raise _bad(n, v, "must be a positive number")
     for n in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad', 'freeze_last_layer', 'drop_path',
-              'warmup_teacher_temp_epochs'):
+              'warmup_teacher_temp_epochs', 'koleo_weight'):
         v = getattr(cfg, n)
         if not (isinstance(v, (int, float)) and 0 <= v < float('inf')): raise _bad(n, v, "must be a number >= 0")
     for n in ('momentum_teacher', 'momentum_teacher_end', 'channel_shuffle', 'drop_path', 'blur', 'solarize'):
@@ -457,9 +459,14 @@ class DINOMethod(SSLMethod):
 
     def loss(self, crops, epoch, step):
         with torch.no_grad(): teacher_out = self.teacher(crops[:2])      # (2*b, K): the global crops only
-        student_out = self.student_forward(crops)                       # ((2+n_local)*b, K)
+        student_out, feats = self.student_forward(crops, return_features=True)   # ((2+n_local)*b, K), (.., D)
         loss = self.dino_loss(student_out, teacher_out, epoch)
-        return loss, {k: v for k, v in self.dino_loss.last_stats.items() if k != 'teacher_temp'}
+        stats = {k: v for k, v in self.dino_loss.last_stats.items() if k != 'teacher_temp'}
+        if self.cfg.koleo_weight:             # DINOv2: KoLeo on each global crop's student features, averaged
+            koleo = sum(koleo_loss(f) for f in feats[:2 * len(crops[0])].chunk(2)) / 2
+            loss = loss + self.cfg.koleo_weight * koleo
+            stats['koleo'] = koleo.detach()
+        return loss, stats
 
     def before_optimizer_step(self, epoch, step):
         cancel_gradients_last_layer(epoch, self.student, self.cfg.freeze_last_layer)

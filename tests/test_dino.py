@@ -570,3 +570,34 @@ def test_sinkhorn_with_a_real_process_group():
         assert torch.isfinite(loss(torch.randn(16, 8), t, 0)) and torch.all(loss.center == 0)
     finally:
         dist.destroy_process_group()
+
+
+# ---- KoLeo (DINOv2's feature-spreading regulariser)
+from dino_course.dino import koleo_loss
+
+
+@pytest.mark.parametrize('n,D', [(2, 3), (17, 8), (128, 64)])
+def test_koleo_matches_direct_computation(n, D):
+    x = torch.randn(n, D, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    u = x / x.norm(dim=1, keepdim=True)
+    nearest = [min(float((u[i] - u[j]).norm()) for j in range(n) if j != i) for i in range(n)]   # plain loops
+    assert abs(float(koleo_loss(x)) - (-np.mean(np.log(nearest)))) < 1e-5
+
+
+def test_koleo_gradient_pushes_nearest_neighbours_apart():
+    x = torch.tensor([[1., 0.], [0.99, 0.14], [-1., 0.]], requires_grad=True)   # rows 0 and 1 are close
+    koleo_loss(x).backward()
+    step = -x.grad                                                                 # gradient descent direction
+    a, b = F.normalize(x.detach(), dim=1)[:2]
+    assert float(torch.dot(step[1], b - a)) > 0 and float(torch.dot(step[0], a - b)) > 0
+    with torch.autocast('cpu', dtype=torch.bfloat16):                              # float32 inside autocast
+        assert koleo_loss(torch.randn(8, 4)).dtype == torch.float32
+    with pytest.raises(ValueError, match='n >= 2'): koleo_loss(torch.randn(1, 4))
+
+
+def test_multicrop_wrapper_returns_features_on_request():
+    w = MultiCropWrapper(nn.Linear(12, 5), DINOHead(5, 7, hidden_dim=8, bottleneck_dim=4))
+    crops = [torch.randn(3, 12), torch.randn(3, 12)]
+    out, feats = w(crops, return_features=True)
+    assert out.shape == (6, 7) and feats.shape == (6, 5)
+    assert torch.allclose(out, w(crops)) and torch.allclose(feats, w.backbone(torch.cat(crops)))

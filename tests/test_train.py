@@ -122,7 +122,7 @@ def test_config_validation():
     for bad, flag in [(dict(arch='resnet_19'), '--arch'), (dict(lr=-1.), '--lr'), (dict(batch_size=0), '--batch-size'),
                       (dict(global_scale=(0.5, 0.1)), '--global-scale'), (dict(data='/no/such/folder'), '--data'),
                       (dict(momentum_teacher=1.5), '--momentum-teacher'), (dict(minutes=0.), '--minutes'),
-                      (dict(aug='fancy'), '--aug'), (dict(device='gpu7'), '--device')]:
+                      (dict(aug='fancy'), '--aug'), (dict(device='gpu7'), '--device'), (dict(koleo_weight=-0.1), '--koleo-weight')]:
         with pytest.raises(ConfigError, match=flag): validate_config(TrainConfig(**bad))
     with pytest.raises(ConfigError, match='augmentation'): train(TrainConfig(**{**TINY, 'aug_kwargs': {'p_wobble': 1}}), verbose=False)
 
@@ -273,3 +273,20 @@ def test_course_model_export_load_and_hash_check(tmp_path):
     with pytest.raises(FileNotFoundError, match="known: tiny"): T.load_course_model('nope', models_dir=tmp_path / 'models')
     shipped, man = T.load_course_model('dino_vit_conv_shapes')        # the course's model (data/models/)
     assert man['knn_top1'] > man['knn_top1_init'] + 10 and shipped.embed_dim == 128
+
+
+def test_koleo_adds_to_the_dino_loss_with_its_weight():
+    """`koleo_weight` w: the method's loss is DINO's loss + w * KoLeo of the student's global-crop features (each crop
+    separately, averaged), logged as `koleo`; w = 0 is the paper's DINO and logs no KoLeo."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{**TINY, 'koleo_weight': 0.3})
+    method = DINOMethod(cfg, T.backbone_from_config(cfg), 2, 3)
+    crops = [torch.randn(8, 3, 16, 16) for _ in range(2)] + [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    loss, stats = method.loss(crops, 0, 0)
+    feats = method.student.backbone(torch.cat(crops[:2]))
+    koleo = (T.koleo_loss(feats[:8]) + T.koleo_loss(feats[8:])) / 2
+    torch.testing.assert_close(stats['koleo'], koleo.detach(), rtol=1e-5, atol=1e-6)
+    method.cfg = replace(cfg, koleo_weight=0.)
+    loss0, stats0 = method.loss(crops, 0, 0)
+    assert 'koleo' not in stats0
+    torch.testing.assert_close(loss - loss0, 0.3 * koleo.detach(), rtol=1e-4, atol=1e-5)
