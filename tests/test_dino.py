@@ -570,3 +570,16 @@ def test_sinkhorn_with_a_real_process_group():
         assert torch.isfinite(loss(torch.randn(16, 8), t, 0)) and torch.all(loss.center == 0)
     finally:
         dist.destroy_process_group()
+
+
+def test_dino_method_brings_the_collapse_warning():
+    "DINOMethod's callback: a confirmed collapse is a RuntimeWarning and a note in the period's log entry."
+    from types import SimpleNamespace
+    from dino_course.dino import CollapseMonitor, CollapseWarning
+    from dino_course.learner import DistEnv
+    cb = CollapseWarning(CollapseMonitor(256, window=3))
+    t = SimpleNamespace(step=0, acc={}, env=DistEnv())
+    with pytest.warns(RuntimeWarning, match='collapse \\(uniform\\)'):
+        for _ in range(3):
+            t.step += 1; cb.after_step(t, 5.5, {'teacher_entropy': 5.5, 'kl': 0.001})
+    assert 'uniform' in t.acc['collapse_warning']
