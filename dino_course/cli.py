@@ -8,16 +8,16 @@ import argparse, json, os, sys, types, typing
 from dataclasses import fields, MISSING
 from typing import Sequence
 from pathlib import Path
-from .train import (TUPLE_FIELDS, TrainConfig, train, benchmark_throughput, benchmark_knn, atomic_save, validate_config, ConfigError, ResumeError,
-                               NonFiniteLossError, TrainingInterrupted)
+from .train import (TUPLE_FIELDS, TrainConfig, RunConfig, METHODS, train, atomic_save, validate_config, ConfigError,
+                               ResumeError, NonFiniteLossError, TrainingInterrupted)
 
 # %% auto #0
-__all__ = ['add_config_arguments', 'build_parser', 'config_from_args', 'main']
+__all__ = ['method_fields', 'add_config_arguments', 'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/05c_cli.ipynb #0d885a6c
-_GROUPS = {'method': 'method', 'data': 'data', 'model': 'backbone', 'crops': 'multi-crop augmentation',
+_GROUPS = {'method': 'method', 'data': 'data', 'model': 'backbone', 'crops': 'views (augmentation)',
            'head': 'projection head', 'loss': 'DINO loss and teacher', 'optim': 'optimisation', 'run': 'run',
-           'eval': 'evaluation (weighted kNN on the teacher backbone)'}
+           'eval': 'evaluation (weighted kNN on the evaluation backbone)'}
 
 class _Parser(argparse.ArgumentParser):
     "argparse whose usage errors are one line on stderr (with a pointer to --help) and exit code 2."
@@ -37,28 +37,43 @@ def _base_type(t):
         return args[0] if len(args) == 1 else str
     return t
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    "One flag per field of the config dataclass `cls`, grouped, with the field's help text and default."
+def method_fields(name: str | None) -> dict:
+    "The fields of method `name`'s own `Config` (empty for an unknown method or one without options)."
+    cls = METHODS.get(name)
+    return {f.name: f for f in fields(cls.Config)} if cls is not None and cls.Config is not None else {}
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, method: str | None = None) -> None:
+    """One flag per field of the config dataclass `cls`, grouped, with the field's help text and default: the run's
+    options first, then the methods'. With `method`, `--help` lists the run's options and that method's only (the
+    others are accepted, hidden)."""
     hints = typing.get_type_hints(cls)
+    own = method_fields(method)
+    run = [f.name for f in fields(RunConfig)]
+    shown = None if method is None else set(run) | set(own)
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(cls):
-        meta = f.metadata
-        g = meta.get('group', 'run')
-        if g not in groups: groups[g] = parser.add_argument_group(_GROUPS.get(g, g))
+    for f in sorted(fields(cls), key=lambda f: f.name not in run):
+        f = own.get(f.name, f)                                    # the chosen method's own help text
+        meta, g = f.metadata, f.metadata.get('group', 'run')
+        title = _GROUPS.get(g, g) + ('' if f.name in run or method is None else f' (--method {method})')
+        if title not in groups: groups[title] = parser.add_argument_group(title)
         flag, t = '--' + f.name.replace('_', '-'), _base_type(hints[f.name])
         default = f.default if f.default is not MISSING else f.default_factory()
-        shown = ('auto' if default is None else 'on' if default is True else 'off' if default is False else
-                 ' '.join(map(str, default)) if isinstance(default, tuple) else json.dumps(default) if isinstance(default, dict) else default)
+        shown_default = ('auto' if default is None else 'on' if default is True else 'off' if default is False else
+                         ' '.join(map(str, default)) if isinstance(default, tuple) else json.dumps(default) if isinstance(default, dict) else default)
         text = meta.get('help', '')
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=text if 'default' in text else f"{text} (default: {shown})")
-        if t is bool: groups[g].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        text = text if 'default' in text else f"{text} (default: {shown_default})"
+        if f.name == 'method': text += f"; one of {', '.join(sorted(METHODS))} (--method NAME --help lists NAME's options)"
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=argparse.SUPPRESS if shown is not None and f.name not in shown else text)
+        if t is bool: groups[title].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(t) is tuple or t is tuple:
-            groups[g].add_argument(flag, type=float, nargs=2, metavar=('LOW', 'HIGH'), **kw)
-        elif typing.get_origin(t) is dict or t is dict: groups[g].add_argument(flag, type=_json_object, metavar='JSON', **kw)
-        else: groups[g].add_argument(flag, type=t, choices=meta.get('choices'), metavar=None if meta.get('choices') else t.__name__.upper(), **kw)
+            groups[title].add_argument(flag, type=float, nargs=2, metavar=('LOW', 'HIGH'), **kw)
+        elif typing.get_origin(t) is dict or t is dict: groups[title].add_argument(flag, type=_json_object, metavar='JSON', **kw)
+        else: groups[title].add_argument(flag, type=t, choices=meta.get('choices'), metavar=None if meta.get('choices') else t.__name__.upper(), **kw)
 
-def build_parser() -> argparse.ArgumentParser:
-    "The `dino-course` parser: commands `train` and `bench` (`--knn`: the kNN-vs-seconds benchmark), each with every `TrainConfig` flag."
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The `dino-course` parser: commands `train` (the run's flags and `method`'s, default DINO's, in `--help`) and
+    `bench` (`--knn`: the kNN-vs-seconds benchmark), each accepting every `TrainConfig` flag."""
+    import dino_course.bench      # lesson 10, imported here (not at the top): it registers the 'supervised' method
     p = _Parser(prog='dino-course', description="dino-course: self-supervised learning (DINO) from a notebook-first course. "
                 "Train with `dino-course train` (defaults: DINO on the built-in shapes, CPU-sized), measure speed with `dino-course bench`.")
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
@@ -76,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "a supervised backbone trained for the same time, plus DINO's attention-mask Jaccard; --out DIR also "
                          "keeps the runs (DIR/dino, DIR/simclr) and writes DIR/knn_benchmark.json")
     be.add_argument('--no-simclr', action='store_true', help="with --knn: leave SimCLR out of the ladder")
-    for q in (tr, be):
+    for q, m in ((tr, method or TrainConfig().method), (be, None)):
         q.add_argument('--config', metavar='JSON_FILE', default=None,
                        help="start from a config file (e.g. a run's config.json); flags given here override it")
-        add_config_arguments(q)
+        add_config_arguments(q, method=m)
     return p
 
 # %% ../nbs/05c_cli.ipynb #7ffb1233
@@ -93,6 +108,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(base, dict): raise ConfigError(f"--config {args.config}: expected a JSON object of config fields")
         if 'config' in base and isinstance(base['config'], dict): base = base['config']     # a metrics.json works too
     given = {k: v for k, v in vars(args).items() if k in names}
+    method = given.get('method', base.get('method', TrainConfig().method))
+    run, own = {f.name for f in fields(RunConfig)}, method_fields(method)
+    foreign = [k for k in given if k not in run and k not in own]
+    if foreign and getattr(args, 'command', None) == 'train' and method in METHODS:
+        print(f"note: {', '.join('--' + k.replace('_', '-') for k in foreign)} not used by --method {method} (ignored)", file=sys.stderr)
     for k in TUPLE_FIELDS:
         if k in given: given[k] = tuple(given[k])
     return validate_config(TrainConfig.from_dict({**base, **given}))
@@ -100,7 +120,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """The `dino-course` console script. Returns the exit code: 0 done, 1 training diverged,
     2 bad usage / configuration / run directory, 130 interrupted (a checkpoint was saved)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = next((a.split('=', 1)[1] if '=' in a else argv[i + 1] for i, a in enumerate(argv)
+                   if a.split('=', 1)[0] == '--method' and ('=' in a or i + 1 < len(argv))), None)
+    parser = build_parser(method)
     try: args = parser.parse_args(argv)
     except SystemExit as e: return int(e.code or 0)          # --help (0) or a usage error (2, already printed)
     if args.command is None:
@@ -109,11 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.command == 'bench' and args.knn:
+            from dino_course.bench import benchmark_knn
             res = benchmark_knn(cfg, simclr=not args.no_simclr)
-            res['command'] = 'dino-course ' + ' '.join(sys.argv[1:] if argv is None else argv)
+            res['command'] = 'dino-course ' + ' '.join(argv)
             if cfg.out: atomic_save(json.dumps(res, indent=1), Path(cfg.out) / 'knn_benchmark.json', writer=lambda o, f: f.write(o.encode()))
             return 0
         if args.command == 'bench':
+            from dino_course.bench import benchmark_throughput
             benchmark_throughput(cfg, steps=args.steps, warmup=args.warmup)
             return 0
         m = train(cfg)

@@ -10,9 +10,8 @@ from typing import Optional
 import torch
 
 # %% auto #0
-__all__ = ['COLLAPSE_KINDS', 'ABLATIONS', 'step_stats', 'CollapseMonitor', 'CollapseConfig', 'output_diversity', 'run_ablation',
-           'run_ablations', 'final_value', 'plot_collapse', 'collapse_table', 'run_seeds', 'seed_table',
-           'explore_collapse', 'collapse_explorer']
+__all__ = ['ABLATIONS', 'step_stats', 'CollapseConfig', 'output_diversity', 'run_ablation', 'run_ablations', 'final_value',
+           'plot_collapse', 'collapse_table', 'run_seeds', 'seed_table', 'explore_collapse', 'collapse_explorer']
 
 # %% ../nbs/06_collapse.ipynb #31dea8dd
 def step_stats(dino_loss) -> dict[str, float]:
@@ -24,74 +23,7 @@ def step_stats(dino_loss) -> dict[str, float]:
     return s
 
 # %% ../nbs/06_collapse.ipynb #37624672
-COLLAPSE_KINDS = ('uniform', 'dominant dimension', 'constant output')
-
-class CollapseMonitor:
-    """Flags DINO collapse from the teacher entropy h(P_t) and KL(P_t||P_s) of each step.
-
-    A step looks collapsed when `kl <= kl_eps`: 'uniform' if h `>= uniform_frac * log K`, 'dominant dimension'
-    if h `<= dominant_frac * log K`, else 'constant output' (the student copies a teacher that says the same
-    thing about every image, with an entropy in between). After `window` consecutive such steps of one kind,
-    `status` becomes that kind and `since_step` the first step of the stretch; `update` then returns a
-    one-line warning (once per episode). Any healthy step resets the count and `status` to 'ok'."""
-    def __init__(self, out_dim: int, window: int = 50, kl_eps: float = 0.02, dominant_frac: float = 0.1,
-                 uniform_frac: float = 0.9):
-        if out_dim < 2: raise ValueError(f"CollapseMonitor: out_dim={out_dim}; the head needs at least 2 output dimensions.")
-        if not 0 <= dominant_frac < uniform_frac <= 1:
-            raise ValueError(f"CollapseMonitor: need 0 <= dominant_frac < uniform_frac <= 1, got {dominant_frac}, {uniform_frac}.")
-        if window < 1: raise ValueError(f"CollapseMonitor: window={window}; use at least 1 step.")
-        self.out_dim, self.window, self.kl_eps = out_dim, window, kl_eps
-        self.dominant_frac, self.uniform_frac = dominant_frac, uniform_frac
-        self.log_k = math.log(out_dim)
-        self.reset()
-
-    def reset(self) -> None:
-        "Forget all steps: status 'ok'."
-        self.status, self.since_step = 'ok', None
-        self._kind, self._start, self._count = None, None, 0
-        self.recent = deque(maxlen=self.window)          # (step, h, kl) of the last `window` steps
-
-    def classify(self, teacher_entropy: float, kl: float) -> Optional[str]:
-        "The collapse kind one step's (h, KL) looks like, or None for a healthy step."
-        if kl > self.kl_eps: return None
-        if teacher_entropy >= self.uniform_frac * self.log_k: return 'uniform'
-        if teacher_entropy <= self.dominant_frac * self.log_k: return 'dominant dimension'
-        return 'constant output'
-
-    def update(self, step: int, teacher_entropy: float, kl: float) -> Optional[str]:
-        "Record one step (floats or 0-dim tensors); returns a warning the first time a collapse is confirmed, else None."
-        h, kl = float(teacher_entropy), float(kl)
-        self.recent.append((step, h, kl))
-        kind = self.classify(h, kl)
-        if kind != self._kind: self._kind, self._start, self._count = kind, step, 0
-        self._count += 1
-        if kind is None or self._count < self.window:
-            if kind is None: self.status, self.since_step = 'ok', None
-            return None
-        if self.status == kind: return None               # already reported this episode
-        self.status, self.since_step = kind, self._start
-        return self.message
-
-    def update_stats(self, step: int, stats: dict) -> Optional[str]:
-        "`update` from a `DINOLoss.last_stats` dict (keys `teacher_entropy`, `kl`)."
-        return self.update(step, stats['teacher_entropy'], stats['kl'])
-
-    @property
-    def collapsed(self) -> bool: return self.status != 'ok'
-
-    @property
-    def message(self) -> str:
-        "A one-line description of the current status."
-        if not self.collapsed: return 'ok: no collapse detected'
-        _, h, kl = self.recent[-1]
-        cause = {'uniform': 'the teacher is near uniform: sharpen more (lower teacher_temp) or lower center_momentum',
-                 'dominant dimension': 'one output dimension dominates: check centering is on and center_momentum is not too close to 1',
-                 'constant output': 'the student copies a constant teacher: check both centering and sharpening are on'}[self.status]
-        return (f"DINO collapse ({self.status}) since step {self.since_step}: h(P_t)={h:.3f} of log K={self.log_k:.3f}, "
-                f"KL={kl:.2e} for {self._count} steps; {cause}.")
-
-    def __repr__(self) -> str:
-        return f"CollapseMonitor(K={self.out_dim}, window={self.window}, status={self.status!r}, since_step={self.since_step})"
+from .dino import COLLAPSE_KINDS, CollapseMonitor   # defined in lesson 05, next to `DINOMethod`, which runs it every step
 
 # %% ../nbs/06_collapse.ipynb #152b9e18
 import time

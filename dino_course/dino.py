@@ -4,19 +4,24 @@
 
 # %% ../nbs/05_dino.ipynb #2f62a4ca
 from __future__ import annotations
-import copy, itertools, math
+import copy, itertools, math, warnings
+from collections import deque
+from dataclasses import dataclass
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from .augment import BatchMultiCrop, MultiCropAugmentation
+from .learner import SSLMethod, Callback, option, bad_option, make_augmentation
 
 # %% auto #0
-__all__ = ['entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss', 'sinkhorn_knopp',
-           'koleo_loss', 'DINOHead', 'MultiCropWrapper', 'build_teacher', 'update_teacher', 'cosine_scheduler',
-           'get_params_groups', 'set_lr_wd', 'clip_gradients', 'cancel_gradients_last_layer', 'dino_step', 'DINO']
+__all__ = ['COLLAPSE_KINDS', 'entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss',
+           'sinkhorn_knopp', 'koleo_loss', 'DINOHead', 'MultiCropWrapper', 'build_teacher', 'update_teacher',
+           'cosine_scheduler', 'get_params_groups', 'set_lr_wd', 'clip_gradients', 'cancel_gradients_last_layer',
+           'dino_step', 'DINO', 'CollapseMonitor', 'CollapseWarning', 'DINOConfig', 'DINOMethod']
 
 # %% ../nbs/05_dino.ipynb #601afa6c
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -168,7 +173,7 @@ def sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iteratio
 
 # %% ../nbs/05_dino.ipynb #90b0ae4a
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """DINOv2's KoLeo regulariser (`KoLeoLoss` in facebookresearch/dinov2 `koleo_loss.py`) on features `x` `(n, D)`:
+    r"""DINOv2's KoLeo regulariser (`KoLeoLoss` in facebookresearch/dinov2 `koleo_loss.py`) on features `x` `(n, D)`:
     $-\frac1n\sum_i \log \lVert x_i - x_{nn(i)} \rVert$ of the l2-normalised rows, `nn(i)` the nearest other row.
     Runs in float32 with autocast off; needs n >= 2."""
     if x.ndim != 2 or len(x) < 2: raise ValueError(f"koleo_loss: expects (n, D) features with n >= 2, got shape {tuple(x.shape)}.")
@@ -363,3 +368,182 @@ class DINO(nn.Module):
     def step(self, crops: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, epoch: int | float,
              momentum: float, **kwargs) -> torch.Tensor:
         return dino_step(self.student, self.teacher, self.loss, crops, optimizer, epoch, momentum, **kwargs)
+
+# %% ../nbs/05_dino.ipynb #78c66a87
+COLLAPSE_KINDS = ('uniform', 'dominant dimension', 'constant output')
+
+class CollapseMonitor:
+    """Flags DINO collapse from the teacher entropy h(P_t) and KL(P_t||P_s) of each step (lesson 06).
+
+    A step looks collapsed when `kl <= kl_eps`: 'uniform' if h `>= uniform_frac * log K`, 'dominant dimension'
+    if h `<= dominant_frac * log K`, else 'constant output' (the student copies a teacher that says the same
+    thing about every image, with an entropy in between). After `window` consecutive such steps of one kind,
+    `status` becomes that kind and `since_step` the first step of the stretch; `update` then returns a
+    one-line warning (once per episode). Any healthy step resets the count and `status` to 'ok'."""
+    def __init__(self, out_dim: int, window: int = 50, kl_eps: float = 0.02, dominant_frac: float = 0.1,
+                 uniform_frac: float = 0.9):
+        if out_dim < 2: raise ValueError(f"CollapseMonitor: out_dim={out_dim}; the head needs at least 2 output dimensions.")
+        if not 0 <= dominant_frac < uniform_frac <= 1:
+            raise ValueError(f"CollapseMonitor: need 0 <= dominant_frac < uniform_frac <= 1, got {dominant_frac}, {uniform_frac}.")
+        if window < 1: raise ValueError(f"CollapseMonitor: window={window}; use at least 1 step.")
+        self.out_dim, self.window, self.kl_eps = out_dim, window, kl_eps
+        self.dominant_frac, self.uniform_frac = dominant_frac, uniform_frac
+        self.log_k = math.log(out_dim)
+        self.reset()
+
+    def reset(self) -> None:
+        "Forget all steps: status 'ok'."
+        self.status, self.since_step = 'ok', None
+        self._kind, self._start, self._count = None, None, 0
+        self.recent = deque(maxlen=self.window)          # (step, h, kl) of the last `window` steps
+
+    def classify(self, teacher_entropy: float, kl: float) -> Optional[str]:
+        "The collapse kind one step's (h, KL) looks like, or None for a healthy step."
+        if kl > self.kl_eps: return None
+        if teacher_entropy >= self.uniform_frac * self.log_k: return 'uniform'
+        if teacher_entropy <= self.dominant_frac * self.log_k: return 'dominant dimension'
+        return 'constant output'
+
+    def update(self, step: int, teacher_entropy: float, kl: float) -> Optional[str]:
+        "Record one step (floats or 0-dim tensors); returns a warning the first time a collapse is confirmed, else None."
+        h, kl = float(teacher_entropy), float(kl)
+        self.recent.append((step, h, kl))
+        kind = self.classify(h, kl)
+        if kind != self._kind: self._kind, self._start, self._count = kind, step, 0
+        self._count += 1
+        if kind is None or self._count < self.window:
+            if kind is None: self.status, self.since_step = 'ok', None
+            return None
+        if self.status == kind: return None               # already reported this episode
+        self.status, self.since_step = kind, self._start
+        return self.message
+
+    def update_stats(self, step: int, stats: dict) -> Optional[str]:
+        "`update` from a `DINOLoss.last_stats` dict (keys `teacher_entropy`, `kl`)."
+        return self.update(step, stats['teacher_entropy'], stats['kl'])
+
+    @property
+    def collapsed(self) -> bool: return self.status != 'ok'
+
+    @property
+    def message(self) -> str:
+        "A one-line description of the current status."
+        if not self.collapsed: return 'ok: no collapse detected'
+        _, h, kl = self.recent[-1]
+        cause = {'uniform': 'the teacher is near uniform: sharpen more (lower teacher_temp) or lower center_momentum',
+                 'dominant dimension': 'one output dimension dominates: check centering is on and center_momentum is not too close to 1',
+                 'constant output': 'the student copies a constant teacher: check both centering and sharpening are on'}[self.status]
+        return (f"DINO collapse ({self.status}) since step {self.since_step}: h(P_t)={h:.3f} of log K={self.log_k:.3f}, "
+                f"KL={kl:.2e} for {self._count} steps; {cause}.")
+
+    def __repr__(self) -> str:
+        return f"CollapseMonitor(K={self.out_dim}, window={self.window}, status={self.status!r}, since_step={self.since_step})"
+
+class CollapseWarning(Callback):
+    "The learner's side of `CollapseMonitor`: after every step, a `RuntimeWarning` (and a note in the log) once a collapse is confirmed."
+    def __init__(self, monitor: CollapseMonitor): self.monitor = monitor
+    def after_step(self, t, loss: float, stats: dict) -> None:
+        warning = self.monitor.update(t.step - 1, stats['teacher_entropy'], stats['kl'])
+        if warning:
+            t.acc['collapse_warning'] = warning
+            if t.env.is_main: warnings.warn(warning, RuntimeWarning, stacklevel=2)
+
+# %% ../nbs/05_dino.ipynb #8a88e348
+@dataclass
+class DINOConfig:
+    "DINO's own options: the flags of `dino-course train --method dino` besides the run's."
+    n_local: int = option(0, "number of local crops", 'crops')
+    local_size: int = option(16, "size (px) of the local crops", 'crops')
+    local_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops", 'crops')
+    out_dim: int = option(256, "K, the number of output dimensions (prototypes) of the head", 'head')
+    hidden_dim: int = option(512, "width of the head's hidden layers", 'head')
+    bottleneck_dim: int = option(64, "width of the head's l2-normalised bottleneck", 'head')
+    nlayers: int = option(3, "Linear layers of the head's MLP", 'head')
+    use_bn: bool = option(True, "BatchNorm in the head's MLP", 'head')
+    norm_last_layer: bool = option(True, "fix the weight norm of the head's last layer at 1", 'head')
+    freeze_last_layer: float = option(1.0, "epochs during which the head's last layer is not updated", 'head')
+    warmup_teacher_temp: float = option(0.04, "teacher temperature at the start of its warm-up", 'loss')
+    teacher_temp: float = option(0.04, "teacher temperature after the warm-up (sharpening)", 'loss')
+    warmup_teacher_temp_epochs: int = option(0, "epochs of linear teacher-temperature warm-up", 'loss')
+    student_temp: float = option(0.1, "student temperature", 'loss')
+    center_momentum: float = option(0.9, "EMA rate of the center (centering)", 'loss')
+    centering: str = option('sinkhorn_knopp', "how the teacher's outputs are kept from collapsing: centering (the paper's EMA "
+                            "center) or sinkhorn_knopp (DINOv2's balanced assignment per batch; it learns with small CPU batches)",
+                            'loss', choices=('centering', 'sinkhorn_knopp'))
+    sk_iterations: int = option(3, "Sinkhorn-Knopp iterations (with --centering sinkhorn_knopp)", 'loss')
+    koleo_weight: float = option(0.3, "weight of DINOv2's KoLeo regulariser on the student's global-crop features, which spreads "
+                                 "them for kNN (0: off, as in the DINO paper)", 'loss')
+    momentum_teacher: float = option(0.95, "EMA rate of the teacher at the start (cosine schedule to --momentum-teacher-end)", 'loss')
+    momentum_teacher_end: float = option(0.95, "EMA rate of the teacher at the end", 'loss')
+
+def _check_numbers(cfg, rules: dict) -> None:
+    "`rules`: name -> (low, high, low_inclusive, integer): a `ConfigError` naming the first field out of range."
+    for n, (lo, hi, closed, integer) in rules.items():
+        v = getattr(cfg, n)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not integer or float(v).is_integer())
+        if not (ok and (v >= lo if closed else v > lo) and v <= hi and math.isfinite(v)):
+            raise bad_option(n, v, f"must be {'an integer' if integer else 'a number'} {'>=' if closed else '>'} {lo}"
+                             + (f" and <= {hi}" if hi != float('inf') else ''))
+
+class DINOMethod(SSLMethod):
+    "DINO (Algorithm 1 with multi-crop): student, EMA teacher, `DINOLoss` with sharpening and centering (or Sinkhorn-Knopp)."
+    Config = DINOConfig
+    log_names = {'teacher_entropy': 'h', 'kl': 'KL'}
+    def __init__(self, cfg, backbone: nn.Module, epochs: int, niter_per_ep: int):
+        super().__init__(cfg, backbone, epochs, niter_per_ep)
+        head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn, norm_last_layer=cfg.norm_last_layer,
+                        nlayers=cfg.nlayers, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim)
+        self.student = MultiCropWrapper(backbone, head)
+        self.teacher = build_teacher(self.student)
+        self.dino_loss = DINOLoss(cfg.out_dim, 2 + cfg.n_local, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                                  min(cfg.warmup_teacher_temp_epochs, epochs), epochs, cfg.student_temp, cfg.center_momentum,
+                                  centering=cfg.centering, sk_iterations=cfg.sk_iterations)
+        self.momentum_schedule = cosine_scheduler(cfg.momentum_teacher, cfg.momentum_teacher_end, epochs, niter_per_ep)
+        self.monitor = CollapseMonitor(cfg.out_dim)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        inf = float('inf')
+        _check_numbers(cfg, {'n_local': (0, inf, True, True), 'local_size': (4, inf, True, True), 'out_dim': (2, inf, True, True),
+                             'hidden_dim': (1, inf, True, True), 'bottleneck_dim': (1, inf, True, True), 'nlayers': (1, inf, True, True),
+                             'sk_iterations': (1, inf, True, True), 'warmup_teacher_temp_epochs': (0, inf, True, False),
+                             'freeze_last_layer': (0, inf, True, False), 'teacher_temp': (0, inf, False, False),
+                             'warmup_teacher_temp': (0, inf, False, False), 'student_temp': (0, inf, False, False),
+                             'momentum_teacher': (0, 1, True, False), 'momentum_teacher_end': (0, 1, True, False),
+                             'koleo_weight': (0, inf, True, False)})
+        if not 0 <= cfg.center_momentum < 1: raise bad_option('center_momentum', cfg.center_momentum, "must be in [0, 1)")
+        if cfg.centering not in ('centering', 'sinkhorn_knopp'): raise bad_option('centering', cfg.centering, "use one of centering, sinkhorn_knopp")
+        if len(cfg.local_scale) != 2 or not 0 < cfg.local_scale[0] <= cfg.local_scale[1] <= 1:
+            raise bad_option('local_scale', cfg.local_scale, "must be two numbers 0 < low <= high <= 1")
+        if cfg.n_local and cfg.arch.startswith('vit_') and cfg.local_size < cfg.patch_size:
+            raise bad_option('local_size', cfg.local_size, f"is smaller than the ViT patch size {cfg.patch_size}")
+
+    @classmethod
+    def augmentation(cls, cfg, per_image: bool = False):
+        return make_augmentation(MultiCropAugmentation if per_image else BatchMultiCrop, cfg, n_local=cfg.n_local,
+                                 local_size=cfg.local_size, local_scale=tuple(cfg.local_scale))
+
+    def training_step(self, views, step):
+        with torch.no_grad(): teacher_out = self.teacher(views[:2])      # (2*b, K): the global crops only
+        student_out, feats = self.student_forward(views, return_features=True)   # ((2+n_local)*b, K), (.., D)
+        loss = self.dino_loss(student_out, teacher_out, step / self.niter_per_ep)
+        stats = {k: v for k, v in self.dino_loss.last_stats.items() if k != 'teacher_temp'}
+        if self.cfg.koleo_weight:             # DINOv2: KoLeo on each global crop's student features, averaged
+            koleo = sum(koleo_loss(f) for f in feats[:2 * len(views[0])].chunk(2)) / 2
+            loss = loss + self.cfg.koleo_weight * koleo
+            stats['koleo'] = koleo.detach()
+        return loss, stats
+
+    def before_optimizer_step(self, step):
+        cancel_gradients_last_layer(step / self.niter_per_ep, self.student, self.cfg.freeze_last_layer)
+
+    def after_step(self, step):
+        update_teacher(self.student, self.teacher, self.momentum(step))
+
+    def momentum(self, step: int) -> float:
+        return float(self.momentum_schedule[min(step, len(self.momentum_schedule) - 1)])
+
+    def eval_backbone(self): return self.teacher.backbone
+    def logged(self, step): return {'teacher_momentum': self.momentum(step), 'teacher_temp': self.dino_loss.teacher_temp(step // self.niter_per_ep)}
+    def callbacks(self): return [CollapseWarning(self.monitor)]
+    def plot_lines(self): return {'log K (uniform)': math.log(self.cfg.out_dim)}

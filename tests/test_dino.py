@@ -601,3 +601,16 @@ def test_multicrop_wrapper_returns_features_on_request():
     out, feats = w(crops, return_features=True)
     assert out.shape == (6, 7) and feats.shape == (6, 5)
     assert torch.allclose(out, w(crops)) and torch.allclose(feats, w.backbone(torch.cat(crops)))
+
+
+def test_dino_method_brings_the_collapse_warning():
+    "DINOMethod's callback: a confirmed collapse is a RuntimeWarning and a note in the period's log entry."
+    from types import SimpleNamespace
+    from dino_course.dino import CollapseMonitor, CollapseWarning
+    from dino_course.learner import DistEnv
+    cb = CollapseWarning(CollapseMonitor(256, window=3))
+    t = SimpleNamespace(step=0, acc={}, env=DistEnv())
+    with pytest.warns(RuntimeWarning, match='collapse \\(uniform\\)'):
+        for _ in range(3):
+            t.step += 1; cb.after_step(t, 5.5, {'teacher_entropy': 5.5, 'kl': 0.001})
+    assert 'uniform' in t.acc['collapse_warning']

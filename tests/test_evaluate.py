@@ -4,7 +4,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from dino_course.augment import IMAGENET_MEAN, IMAGENET_STD
-from dino_course.evaluate import extract_features, knn_classifier, knn_predict, linear_probe
+from dino_course.evaluate import (extract_features, knn_classifier, knn_predict, linear_probe, mass_masks, jaccard, shapes_masks_bank,
+                                  attention_jaccard)
 
 
 def brute_force_knn(train_x, train_y, test_x, k, T, num_classes):
@@ -138,3 +139,38 @@ def test_extract_features_with_transform_on_pil_dataset():
     assert feats.shape == (5, 3) and labels.tolist() == [0, 1, 0, 1, 0]
     feats_raw, _ = extract_features(m, DS())             # no transform: PIL -> uint8 -> normalised, full 40 px
     assert feats_raw.shape == (5, 3)
+
+
+def test_attention_masks_and_jaccard():
+    "mass_masks keeps the fewest patches holding the mass; jaccard is |A and B| / |A or B| per image."
+    maps = torch.tensor([[[0.5, 0.3], [0.15, 0.05]], [[0.25, 0.25], [0.25, 0.25]]])
+    assert mass_masks(maps, 0.6).tolist() == [[[True, True], [False, False]], [[True, True], [True, False]]]
+    assert mass_masks(maps, 0.5)[0].sum() == 1 and mass_masks(maps, 1.0)[0].all()
+    for _ in range(5):                                               # against a direct sort-and-count
+        m = torch.rand(3, 4, 4)
+        keep = mass_masks(m, 0.6)
+        for b in range(3):
+            v = (m[b] / m[b].sum()).flatten().sort(descending=True).values
+            n = int((v.cumsum(0) - v < 0.6).sum())
+            assert keep[b].sum() == n and (m[b][keep[b]].min() >= m[b][~keep[b]].max() if n < 16 else True)
+    a = torch.zeros(2, 4, 4, dtype=torch.bool); b = a.clone()
+    a[0, :2] = True; b[0, 1:3] = True                                # 8 and 8 pixels overlapping in 4
+    assert jaccard(a, b).tolist() == [pytest.approx(4 / 12), 1.0]  # two empty masks agree
+    imgs, masks = shapes_masks_bank(16, 32)
+    assert imgs.shape == (16, 3, 32, 32) and imgs.dtype == torch.uint8 and masks.shape == (16, 32, 32) and masks.any()
+
+
+def test_attention_jaccard_of_a_vit_and_of_a_cnn():
+    """Attention that lands on the object scores far above a uniform one (whose 60% of the mass is 60% of the patches,
+    whatever they show); at 60% of the mass even a perfect map covers only part of the object. A CNN has none (None)."""
+    from dino_course.vit import build_backbone
+    imgs, masks = shapes_masks_bank(64, 32)
+    class Oracle(torch.nn.Module):                                   # 'attends' to the patches in proportion to the object in them
+        def __init__(self, uniform=False): super().__init__(); self.uniform = uniform; self.w = torch.nn.Parameter(torch.zeros(1))
+        def cls_attention_maps(self, x):
+            m = torch.nn.functional.avg_pool2d(masks[:, None].float(), 4)       # (B, 1, 8, 8) object share per patch
+            return (torch.ones_like(m) if self.uniform else m + 1e-6).expand(-1, 2, -1, -1)
+    oracle, uniform = attention_jaccard(Oracle(), imgs, masks), attention_jaccard(Oracle(True), imgs, masks)
+    assert 0.5 < oracle < 0.7 and uniform < 0.25, (oracle, uniform)
+    assert attention_jaccard(Oracle(), imgs, masks, threshold=0.9) > oracle
+    assert attention_jaccard(build_backbone('resnet18', small_input=True), imgs, masks) is None

@@ -1,11 +1,14 @@
-"Tests of dino_course.train: resume, DDP, divergence guard, atomic checkpoints, mismatched checkpoints, learning."
+"Tests of dino_course.train (the main job on the learner): resume, DDP, divergence guard, atomic checkpoints, mismatched checkpoints, learning."
 import json, os, socket, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
 import pytest
 import torch
-from dino_course.train import (TrainConfig, train, Trainer, load_checkpoint, atomic_save, validate_config, ConfigError,
-                               ResumeError, NonFiniteLossError, DINOMethod, CHECKPOINT, step_seed)
+from dino_course.train import (TrainConfig, train, make_trainer, load_checkpoint, atomic_save, validate_config, ConfigError,
+                               ResumeError, NonFiniteLossError, CHECKPOINT, step_seed)
+from dino_course.learner import Trainer
+from dino_course.dino import DINOMethod, koleo_loss
+from dino_course.evaluate import KNNEvaluator
 import dino_course.train as T
 
 TINY = dict(batch_size=8, steps_per_epoch=3, epochs=2, image_size=16, global_size=16, local_size=8, n_local=2, patch_size=4,
@@ -60,7 +63,9 @@ def test_ddp_two_processes_equal_one(tmp_path):
     """Two gloo processes on slices of the same global batch end with the weights of one process on the whole batch
     (the Sinkhorn-Knopp teacher balances over the global batch). A network without BatchNorm: on a CPU each process
     normalises its own slice (the trainer switches to SyncBatchNorm on CUDA only, as the reference)."""
-    cfg = dict(epochs=1, steps_per_epoch=3, threads=1, device='cpu', arch='vit_tiny', use_bn=False)
+    # KoLeo off: as in DINOv2, each process looks for nearest neighbours within its own slice; float32: bf16 rounds
+    # differently when the batch is split
+    cfg = dict(epochs=1, steps_per_epoch=3, threads=1, device='cpu', arch='vit_tiny', use_bn=False, koleo_weight=0, amp='none')
     train(tiny(tmp_path, 'one', **cfg), verbose=False)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), tiny(tmp_path, 'two', **cfg)), nprocs=2, join=True)
     assert_same(weights(tmp_path / 'one'), weights(tmp_path / 'two'), atol=1e-5)
@@ -69,11 +74,11 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     "A NaN loss (injected at step 4, in epoch 2) stops training with a clear message; the epoch-1 checkpoint stays."
-    loss = DINOMethod.loss
-    def nan_at_4(self, crops, epoch, step):
-        l, s = loss(self, crops, epoch, step)
+    loss = DINOMethod.training_step
+    def nan_at_4(self, views, step):
+        l, s = loss(self, views, step)
         return (l * float('nan') if step >= 4 else l), s
-    monkeypatch.setattr(DINOMethod, 'loss', nan_at_4)
+    monkeypatch.setattr(DINOMethod, 'training_step', nan_at_4)
     with pytest.raises(NonFiniteLossError) as e: train(tiny(tmp_path), verbose=False)
     msg = str(e.value)
     assert 'diverged' in msg and 'nan' in msg and 'last good checkpoint' in msg and '(epoch 1, step 3)' in msg and '--lr' in msg
@@ -152,37 +157,20 @@ def test_short_run_learns_without_collapsing(tmp_path):
                       backbone_kwargs={'depth': 2, 'embed_dim': 64, 'num_heads': 4}, batch_size=32, steps_per_epoch=10, epochs=5,
                       out_dim=256, hidden_dim=256, bottleneck_dim=64, lr=1e-3, scale_lr=False, warmup_epochs=1, momentum_teacher=0.99,
                       aug_kwargs={'p_jitter': 0.0, 'p_gray': 0.0, 'blur': (0., 0., 0.), 'p_solarize': 0.0})
-    m = Trainer(cfg, evaluator=T.KNNEvaluator(_mean_colour_bank(1000, 1), _mean_colour_bank(500, 2)), verbose=False).fit()
+    m = make_trainer(cfg, evaluator=KNNEvaluator(_mean_colour_bank(1000, 1), _mean_colour_bank(500, 2)), verbose=False).fit()
     h = [e for e in load_checkpoint(tmp_path / 'run' / CHECKPOINT)['history'] if e.get('loss') is not None]
     assert len(h) == 5 and h[-1]['loss'] < h[0]['loss'] - 0.2, [e['loss'] for e in h]
     assert h[-1]['kl'] > 0.05                                       # the student still has something to learn from the teacher
     assert m['knn_top1'] > 60, m['knn_top1']                        # chance: 33%
-
-def test_benchmark_knn_baselines(tmp_path):
-    "benchmark_knn: the pixel baseline is the kNN of flattened normalised images; DINO's curve starts at the random backbone."
-    from dino_course.evaluate import extract_features, knn_classifier
-    cfg = tiny(tmp_path, 'bench', epochs=None, steps_per_epoch=2)
-    res = T.benchmark_knn(cfg, minutes=0.02, verbose=False)
-    ev = T.knn_bank(validate_config(replace(cfg, minutes=0.02)))
-    tr, ytr = extract_features(torch.nn.Flatten(), ev.train)
-    te, yte = extract_features(torch.nn.Flatten(), ev.test)
-    assert res['pixels'] == pytest.approx(knn_classifier(tr, ytr, te, yte, k=cfg.knn_k, T=cfg.knn_t))
-    curve = res['dino']['knn_curve']
-    assert curve[0]['step'] == 0 and curve[0]['knn_top1'] == pytest.approx(res['random_init'])
-    assert curve[-1]['step'] > 0 and curve[-1]['images_seen'] == curve[-1]['step'] * cfg.batch_size
-    sup = res['supervised']
-    assert sup['steps'] > 0 and 0 <= sup['test_accuracy'] <= 100 and sup['knn_curve'][-1]['knn_top1'] == sup['knn_top1']
-    assert 'raw pixels' in T.knn_benchmark_table(res)
-    with pytest.raises(ConfigError, match='built-in shapes'): T.benchmark_knn(replace(cfg, data='cifar10'), verbose=False)
 
 def test_minutes_is_wall_clock_whatever_the_speed(tmp_path, monkeypatch):
     """--minutes without --epochs: the run stops within one step of the budget even when the steps speed up after the
     epochs were planned (the planner measured slow steps), and the schedules reach their end at the budget."""
     import time
     real_step, t0 = Trainer.train_step, time.time()
-    def step(self, crops, epoch, step_):
+    def step(self, views, step_):
         time.sleep(0.25 if time.time() - t0 < 6 else 0.02)          # slow while the epochs are planned, then fast
-        return real_step(self, crops, epoch, step_)
+        return real_step(self, views, step_)
     monkeypatch.setattr(Trainer, 'train_step', step)
     budget = 15.
     m = train(tiny(tmp_path, epochs=None, minutes=budget / 60, steps_per_epoch=4), verbose=False)
@@ -197,62 +185,15 @@ def test_minutes_is_wall_clock_whatever_the_speed(tmp_path, monkeypatch):
     again = train(tiny(tmp_path, epochs=None, minutes=budget / 60, steps_per_epoch=4), verbose=False)   # re-run: nothing left
     assert again['steps'] == m['steps']
 
-def test_attention_masks_and_jaccard():
-    "mass_masks keeps the fewest patches holding the mass; jaccard is |A and B| / |A or B| per image."
-    maps = torch.tensor([[[0.5, 0.3], [0.15, 0.05]], [[0.25, 0.25], [0.25, 0.25]]])
-    assert T.mass_masks(maps, 0.6).tolist() == [[[True, True], [False, False]], [[True, True], [True, False]]]
-    assert T.mass_masks(maps, 0.5)[0].sum() == 1 and T.mass_masks(maps, 1.0)[0].all()
-    for _ in range(5):                                               # against a direct sort-and-count
-        m = torch.rand(3, 4, 4)
-        keep = T.mass_masks(m, 0.6)
-        for b in range(3):
-            v = (m[b] / m[b].sum()).flatten().sort(descending=True).values
-            n = int((v.cumsum(0) - v < 0.6).sum())
-            assert keep[b].sum() == n and (m[b][keep[b]].min() >= m[b][~keep[b]].max() if n < 16 else True)
-    a = torch.zeros(2, 4, 4, dtype=torch.bool); b = a.clone()
-    a[0, :2] = True; b[0, 1:3] = True                                # 8 and 8 pixels overlapping in 4
-    assert T.jaccard(a, b).tolist() == [pytest.approx(4 / 12), 1.0]  # two empty masks agree
-    imgs, masks = T.shapes_masks_bank(16, 32)
-    assert imgs.shape == (16, 3, 32, 32) and imgs.dtype == torch.uint8 and masks.shape == (16, 32, 32) and masks.any()
-
-def test_attention_jaccard_of_a_vit_and_of_a_cnn():
-    """Attention that lands on the object scores far above a uniform one (whose 60% of the mass is 60% of the patches,
-    whatever they show); at 60% of the mass even a perfect map covers only part of the object. A CNN has none (None)."""
-    from dino_course.vit import build_backbone
-    imgs, masks = T.shapes_masks_bank(64, 32)
-    class Oracle(torch.nn.Module):                                   # 'attends' to the patches in proportion to the object in them
-        def __init__(self, uniform=False): super().__init__(); self.uniform = uniform; self.w = torch.nn.Parameter(torch.zeros(1))
-        def cls_attention_maps(self, x):
-            m = torch.nn.functional.avg_pool2d(masks[:, None].float(), 4)       # (B, 1, 8, 8) object share per patch
-            return (torch.ones_like(m) if self.uniform else m + 1e-6).expand(-1, 2, -1, -1)
-    oracle, uniform = T.attention_jaccard(Oracle(), imgs, masks), T.attention_jaccard(Oracle(True), imgs, masks)
-    assert 0.5 < oracle < 0.7 and uniform < 0.25, (oracle, uniform)
-    assert T.attention_jaccard(Oracle(), imgs, masks, threshold=0.9) > oracle
-    assert T.attention_jaccard(build_backbone('resnet18', small_input=True), imgs, masks) is None
-
-def test_nt_xent_matches_lightly():
-    "SimCLR's NT-Xent equals lightly's NTXentLoss (no memory bank) on random projections."
-    lightly_loss = pytest.importorskip('lightly.loss')
-    torch.manual_seed(0)
-    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
-    ref = lightly_loss.NTXentLoss(temperature=0.2)(z1, z2)
-    torch.testing.assert_close(T.nt_xent(z1, z2, 0.2), ref, atol=1e-6, rtol=1e-6)
-
-def test_simclr_method_trains(tmp_path):
-    "`--method simclr` runs through the same trainer (checkpoint, kNN, metrics)."
-    m = train(tiny(tmp_path, method='simclr', n_local=0), verbose=False)
-    assert m['method'] == 'simclr' and m['steps'] == 6 and m['knn_top1'] is not None
-    assert set(load_checkpoint(tmp_path / 'run' / CHECKPOINT)) >= {'student', 'optimizer'}
-
 def test_dino_learns_shape_classes_in_a_short_run(tmp_path):
-    """The default recipe (vit_conv, Sinkhorn-Knopp teacher, two views, no blur) lifts the teacher's kNN on the ten
-    shape classes (colours, textures, sizes and positions random) above its initialisation within the first 200
-    steps of 128 images of a 1,000-step schedule (about two minutes on 2 CPU cores): measured 14.2% -> 16.6% on the
-    5,000 / 2,000 bank (2,000 test images: a standard error of about 0.8 points), and the loss falls."""
+    """The default recipe (vit_conv, Sinkhorn-Knopp teacher, KoLeo 0.3, two views, no blur) lifts the teacher's kNN on
+    the ten shape classes (colours, textures, sizes and positions random) well above its initialisation within the
+    first 200 steps of 128 images of a 1,000-step schedule: measured 14.2% -> 33.8% on the 5,000 / 2,000 bank (2,000
+    test images: a standard error of about 1 point) in 39 s on 2 CPU cores with bf16, and the loss falls."""
     cfg = TrainConfig(out=str(tmp_path / 'sk'), epochs=10, steps_per_epoch=100, stop_at_step=200, batch_size=128,
                       eval_every=0, figures=False, threads=2)             # the ladder's kNN bank: 5,000 / 2,000 shapes
     m = train(cfg, verbose=False)
-    assert m['knn_top1'] > m['knn_top1_init'] + 1.5, (m['knn_top1_init'], m['knn_top1'])
+    assert m['knn_top1'] > m['knn_top1_init'] + 10, (m['knn_top1_init'], m['knn_top1'])
     h = [e for e in load_checkpoint(tmp_path / 'sk' / CHECKPOINT)['step_log']]
     assert sum(e['loss'] for e in h[-20:]) / 20 < sum(e['loss'] for e in h[:20]) / 20 - 0.3
     assert m['jaccard'] is not None and m['jaccard_init'] is not None
@@ -282,11 +223,11 @@ def test_koleo_adds_to_the_dino_loss_with_its_weight():
     cfg = TrainConfig(**{**TINY, 'koleo_weight': 0.3})
     method = DINOMethod(cfg, T.backbone_from_config(cfg), 2, 3)
     crops = [torch.randn(8, 3, 16, 16) for _ in range(2)] + [torch.randn(8, 3, 8, 8) for _ in range(2)]
-    loss, stats = method.loss(crops, 0, 0)
+    loss, stats = method.training_step(crops, 0)
     feats = method.student.backbone(torch.cat(crops[:2]))
-    koleo = (T.koleo_loss(feats[:8]) + T.koleo_loss(feats[8:])) / 2
+    koleo = (koleo_loss(feats[:8]) + koleo_loss(feats[8:])) / 2
     torch.testing.assert_close(stats['koleo'], koleo.detach(), rtol=1e-5, atol=1e-6)
     method.cfg = replace(cfg, koleo_weight=0.)
-    loss0, stats0 = method.loss(crops, 0, 0)
+    loss0, stats0 = method.training_step(crops, 0)
     assert 'koleo' not in stats0
     torch.testing.assert_close(loss - loss0, 0.3 * koleo.detach(), rtol=1e-4, atol=1e-5)
