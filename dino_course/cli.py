@@ -4,7 +4,8 @@
 
 # %% ../nbs/05c_cli.ipynb #b1d6fbf1
 from __future__ import annotations
-import argparse, json, os, sys, types, typing
+import argparse, importlib, json, os, sys, types, typing
+from typing import Callable, NamedTuple
 from dataclasses import fields, MISSING
 from typing import Sequence
 from pathlib import Path
@@ -12,7 +13,8 @@ from .train import (TUPLE_FIELDS, TrainConfig, RunConfig, METHODS, train, atomic
                                ResumeError, NonFiniteLossError, TrainingInterrupted)
 
 # %% auto #0
-__all__ = ['method_fields', 'add_config_arguments', 'build_parser', 'config_from_args', 'main']
+__all__ = ['COMMANDS', 'COMMAND_MODULES', 'method_fields', 'add_config_arguments', 'Command', 'register_command', 'build_parser',
+           'config_from_args', 'main']
 
 # %% ../nbs/05c_cli.ipynb #0d885a6c
 _GROUPS = {'method': 'method', 'data': 'data', 'model': 'backbone', 'crops': 'views (augmentation)',
@@ -70,10 +72,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, metho
         elif typing.get_origin(t) is dict or t is dict: groups[title].add_argument(flag, type=_json_object, metavar='JSON', **kw)
         else: groups[title].add_argument(flag, type=t, choices=meta.get('choices'), metavar=None if meta.get('choices') else t.__name__.upper(), **kw)
 
+class Command(NamedTuple):
+    "A `dino-course` command that a later lesson adds: `add_arguments(parser)` declares its flags, `run(args)` returns the exit code."
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+COMMANDS: dict[str, Command] = {}
+# Modules of later lessons that add commands (or methods) when imported. The CLI imports them only when it builds its
+# parser: the lessons come after this one, and importing them at the top would make lesson 05c depend on them.
+COMMAND_MODULES: list[str] = ['dino_course.bench']
+
+def register_command(name: str, help: str, add_arguments, run, description: str | None = None) -> None:
+    """Add `dino-course NAME`: a module lists itself in `COMMAND_MODULES` and calls this when imported. `run(args)`
+    returns the exit code; it may raise `ConfigError` (a bad value or a missing file: message, exit code 2)."""
+    COMMANDS[name] = Command(help, add_arguments, run, description)
+
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The `dino-course` parser: commands `train` (the run's flags and `method`'s, default DINO's, in `--help`) and
     `bench` (`--knn`: the kNN-vs-seconds benchmark), each accepting every `TrainConfig` flag."""
-    import dino_course.bench      # lesson 10, imported here (not at the top): it registers the 'supervised' method
+    for m in COMMAND_MODULES: importlib.import_module(m)      # e.g. lesson 10's bench registers the 'supervised' method
     p = _Parser(prog='dino-course', description="dino-course: self-supervised learning (DINO) from a notebook-first course. "
                 "Train with `dino-course train` (defaults: DINO on the built-in shapes, CPU-sized), measure speed with `dino-course bench`.")
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
@@ -95,6 +114,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         q.add_argument('--config', metavar='JSON_FILE', default=None,
                        help="start from a config file (e.g. a run's config.json); flags given here override it")
         add_config_arguments(q, method=m)
+    for name, c in COMMANDS.items():
+        c.add_arguments(sub.add_parser(name, help=c.help, description=c.description or c.help))
     return p
 
 # %% ../nbs/05c_cli.ipynb #7ffb1233
@@ -130,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(); return 2
     prog = f"dino-course {args.command}"
     try:
+        if args.command in COMMANDS: return int(COMMANDS[args.command].run(args) or 0)
         cfg = config_from_args(args)
         if args.command == 'bench' and args.knn:
             from dino_course.bench import benchmark_knn

@@ -90,3 +90,21 @@ def test_bench_knn_writes_the_benchmark(tmp_path, capsys):
 def test_removed_rotation_flag_is_a_usage_error(capsys):
     assert main(['train', '--rotation', '30']) == 2
     assert 'unrecognized arguments: --rotation' in capsys.readouterr().err
+
+
+def test_registered_command_is_parsed_and_run(capsys):
+    "A later lesson's command: listed in --help, its flags parsed, its exit code returned, ConfigError -> exit 2."
+    from dino_course import cli
+    from dino_course.train import ConfigError
+    seen = {}
+    def add(p): p.add_argument('--n', type=int, default=1)
+    def run(args):
+        if args.n < 0: raise ConfigError('--n must be >= 0')
+        seen['n'] = args.n; return 3
+    cli.register_command('_probe', 'a test command', add, run)
+    try:
+        assert cli.main(['--help']) == 0 and '_probe' in capsys.readouterr().out
+        assert cli.main(['_probe', '--n', '5']) == 3 and seen == {'n': 5}
+        assert cli.main(['_probe', '--n', '-1']) == 2
+        assert '--n must be >= 0' in capsys.readouterr().err
+    finally: cli.COMMANDS.pop('_probe')
