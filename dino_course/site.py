@@ -20,7 +20,7 @@ __all__ = ['DOCS_REQUIREMENTS', 'CONF', 'repo_root', 'lesson_notebooks', 'fix_li
 # cannot install; Sphinx and MyST-NB (the Executable Books project) are maintained, install from PyPI, render the
 # committed notebooks with their stored outputs (no re-execution), give search and API pages (autodoc) for free.
 DOCS_REQUIREMENTS = ('sphinx', 'myst_nb', 'sphinx-mathjax-offline')
-_LINK = re.compile(r'(\]\()([^)\s]+)(\))')      # markdown links: [text](target)
+_LINK = re.compile(r'(\]\()([^)\s]+)(\))')      # a markdown link: its text in brackets, then its target in parentheses
 
 
 
