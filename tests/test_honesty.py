@@ -63,3 +63,21 @@ def test_the_scan_catches_what_it_should(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), 'texts', lambda: iter(fake))
     for test in (test_relative_links_point_at_files_that_exist, test_named_lessons_exist, test_dino_course_commands_use_real_flags):
         with pytest.raises(AssertionError): test()
+
+LESSON_NBS = [p for p in NBS if p.stem != 'index']
+
+@pytest.mark.parametrize('nb', LESSON_NBS, ids=[p.stem for p in LESSON_NBS])
+def test_lesson_ends_with_summary_exercises_references(nb):
+    heads = [l.strip() for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'markdown'
+             for l in ''.join(c['source']).splitlines() if l.startswith('#')]
+    assert heads[-3:] == ['## Summary', '## Exercises', '## References'], heads[-3:]
+
+@pytest.mark.parametrize('nb', LESSON_NBS, ids=[p.stem for p in LESSON_NBS])
+def test_assert_cells_show_what_they_check(nb):
+    "A cell that asserts (and runs in CI) prints or displays something in the committed run, so a reader sees the check ran."
+    silent = []
+    for i, c in enumerate(json.loads(nb.read_text())['cells']):
+        s = ''.join(c['source'])
+        if c['cell_type'] != 'code' or re.search(r'#\|\s*(slow|cuda|export|eval:\s*false|hide)', s): continue
+        if re.search(r'^\s*(assert |test_(eq|close|fail|ne|is)\()', s, re.M) and not c.get('outputs'): silent.append(i)
+    assert not silent, f"cells {silent} assert without showing the value they check"
