@@ -1,6 +1,6 @@
 """The course's text says only what is there: no link to a missing file, no lesson that does not exist, no
 `dino-course` flag the CLI does not have (README.md, data/README.md and every notebook's markdown and comments)."""
-import json, re
+import json, re, sys
 from pathlib import Path
 import pytest
 from dino_course import cli
@@ -81,3 +81,13 @@ def test_assert_cells_show_what_they_check(nb):
         if c['cell_type'] != 'code' or re.search(r'#\|\s*(slow|cuda|export|eval:\s*false|hide)', s): continue
         if re.search(r'^\s*(assert |test_(eq|close|fail|ne|is)\()', s, re.M) and not c.get('outputs'): silent.append(i)
     assert not silent, f"cells {silent} assert without showing the value they check"
+
+def test_the_readme_install_gives_learners_jupyterlab():
+    "The README's first command installs the `course` extra, which holds JupyterLab (the README then says `jupyter lab nbs/`)."
+    import configparser, subprocess
+    readme = (ROOT / 'README.md').read_text()
+    assert 'pip install -e ".[course]" && dino-course train' in readme and 'jupyter lab nbs/' in readme
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / 'settings.ini')
+    assert 'jupyterlab' in cfg['DEFAULT']['course_requirements'].split()
+    r = subprocess.run([sys.executable, '-m', 'jupyterlab', '--version'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip()[0].isdigit(), r.stderr
