@@ -33,8 +33,9 @@ __all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'KNOWN_DATASETS', 'TUPLE_FIELDS', 'RUN_F
            'AUGMENT', 'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'DEFAULT_EPOCHS', 'RunConfig',
            'TrainConfig', 'register_method', 'get_method', 'validate_config', 'step_seed', 'GlobalBatchSampler',
            'Views', 'ShapesStream', 'DatasetBatches', 'make_batches', 'knn_bank', 'backbone_from_config',
-           'make_optimizer', 'check_run_directory', 'RunLock', 'data_classes', 'RecordChanges', 'run_directory',
-           'shapes_jaccard', 'make_trainer', 'calibrate_epochs', 'train', 'export_course_model', 'load_course_model']
+           'check_crop_sizes', 'make_optimizer', 'check_run_directory', 'RunLock', 'data_classes', 'RecordChanges',
+           'run_directory', 'shapes_jaccard', 'make_trainer', 'calibrate_epochs', 'train', 'export_course_model',
+           'load_course_model']
 
 # %% ../nbs/05b_train.ipynb #c5c936f3
 ARCH_PRESETS = {'vit_nano': ('vit_tiny', dict(depth=4, embed_dim=96, num_heads=3))}   # CPU-sized presets of the course's ViT
@@ -401,6 +402,21 @@ def backbone_from_config(cfg: TrainConfig) -> nn.Module:
     try: return build_backbone(arch, small_input=bool(small), **{**kw, **cfg.backbone_kwargs})
     except (ValueError, TypeError) as e: raise ConfigError(f"--arch {cfg.arch!r}: {e}") from None
 
+def check_crop_sizes(backbone: nn.Module, cfg: TrainConfig) -> None:
+    """A timm backbone may not take every crop size (a patch larger than the local crop, a fixed input size): one
+    image of each size goes through it before training, and a failure is a `ConfigError` naming the flag."""
+    own = {f.name for f in fields(get_method(cfg.method).Config or RunConfig)}
+    sizes = [('global_size', cfg.global_size)] + ([('local_size', cfg.local_size)] if 'n_local' in own and cfg.n_local else [])
+    was = backbone.training; backbone.eval()
+    try:
+        for name, s in sizes:
+            try:
+                with torch.no_grad(): backbone(torch.zeros(1, 3, s, s))
+            except Exception as e:
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                raise bad_option(name, s, f"--arch {cfg.arch} cannot take {s} px crops ({first}); use a larger crop or another --arch") from None
+    finally: backbone.train(was)
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     "AdamW (or SGD with momentum 0.9) over `get_params_groups(model)`; lr and weight decay are set every step."
     groups = get_params_groups(model)
@@ -496,7 +512,9 @@ def make_trainer(cfg: TrainConfig, env: DistEnv | None = None, device: torch.dev
     seed_everything(cfg.seed)
     batches = make_batches(cfg, env, device, Method)
     niter = batches.niter_per_ep
-    method = wrap_ddp(Method(cfg, backbone_from_config(cfg), epochs, niter).to(device), env, device)
+    backbone = backbone_from_config(cfg)
+    if cfg.arch not in OUR_ARCHS: check_crop_sizes(backbone, cfg)       # our ViTs were checked by validate_config
+    method = wrap_ddp(Method(cfg, backbone, epochs, niter).to(device), env, device)
     peak = cfg.lr * cfg.batch_size / 256 if cfg.scale_lr else cfg.lr    # the reference's linear scaling rule
     lr = cosine_scheduler(peak, cfg.min_lr, epochs, niter, warmup_epochs=min(cfg.warmup_epochs, epochs))
     wd = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, epochs, niter)

@@ -73,6 +73,15 @@ def test_bad_configuration_is_refused_before_anything_is_built(extra, words, tmp
     short(err, *words)
     assert not out.exists()                                   # nothing was created: refused up front
 
+def test_timm_backbone_that_cannot_take_the_local_crop(tmp_path, capsys):
+    "vit_tiny_patch16_224 takes 32 px global crops (dynamic size) but not 8 px local crops: refused before training."
+    out = tmp_path / 'run'
+    args = [a for a in TINY if a not in ('vit_tiny', '--arch', '--backbone-kwargs', '{"depth": 1, "embed_dim": 16, "num_heads": 2}')]
+    code, err = run(['train', '--epochs', '1', *args, '--arch', 'vit_tiny_patch16_224', '--global-size', '32', '--image-size', '32',
+                     '--n-local', '2', '--local-size', '8', '--out', out], capsys)
+    assert code == 2; short(err, '--local-size', 'vit_tiny_patch16_224')
+    assert not (out / 'checkpoint.pth').exists()
+
 def test_config_file_problems(tmp_path, capsys):
     bad = tmp_path / 'c.json'; bad.write_text('{"lr": ')
     code, err = run(['train', '--config', bad], capsys); assert code == 2; short(err, '--config', 'JSON')
