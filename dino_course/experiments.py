@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 import matplotlib.pyplot as plt
+from .core import seed_everything
 from .data import make_shapes, get_dataset, DatasetNotFoundError, SHAPE_CLASSES
 from .vit import load_pretrained, CheckpointError
 from .learner import ConfigError, atomic_save, write_text, save_figure
@@ -22,7 +23,8 @@ from . import cli
 # %% auto #0
 __all__ = ['PRESETS', 'REPORT', 'TITLES', 'REGIME_NAMES', 'TARGET_REGIMES', 'TARGET_ARCH', 'REGIMES', 'REPORT_FINETUNE',
            'IMAGENET_WEIGHTS', 'POOL_SEED', 'VAL_SEED', 'SHAPES_FINETUNE', 'preset_config', 'preset_command',
-           'shapes_data', 'dino_backbone', 'imagenet_backbone', 'run_regimes', 'results_table', 'plot_fig7']
+           'shapes_data', 'dino_backbone', 'imagenet_backbone', 'run_regimes', 'regime_name', 'results_table',
+           'plot_fig7']
 
 # %% ../nbs/08_experiments.ipynb #45725a53
 # The report's DINO pre-training on Imagenette (final report, section 6; midterm report, section 6), as `dino-course train`
@@ -180,7 +182,7 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
         ft = FineTuneConfig(**{**REPORT_FINETUNE, 'seed': seed, **finetune_overrides})
         arch_kw = dict(TARGET_ARCH[target])
         if any(r.startswith('dino') for r in regimes):
-            if dino is None and not (target == 'cifar10' and weights):
+            if dino is None and target != 'cifar10':
                 raise ConfigError("--dino: give the --out directory of a finished `dino-course train` run (the report's: "
                                   "`python -m dino_course.experiments report-final` prints its command)")
             if dino is not None:
@@ -198,6 +200,7 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
            'finetune': {k: v for k, v in vars(ft).items()}, 'split': split, 'report': REPORT[target], 'regimes': {}}
     for r in regimes:
         if verbose: print(f"--- {REGIME_NAMES[r]} ({arch_kw['arch']}, {split['n']} labelled images)", flush=True)
+        seed_everything(seed)                                  # a fresh backbone's initialisation depends on the seed only
         m = finetune(backbone(r), train, val, replace(ft, **REGIMES[r]), out=out / r if out else None, verbose=verbose, name=r)
         res['regimes'][r] = {k: m[k] for k in ('val_acc', 'best_val_acc', 'seconds', 'images_per_second', 'history', 'step_log',
                                                'steps_per_epoch')}
@@ -208,15 +211,20 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
     if verbose: print(results_table(res))
     return res
 
-# %% ../nbs/08_experiments.ipynb #4a72211c
+# %% ../nbs/08_experiments.ipynb #06c01ad9
+def regime_name(regime: str, data: str) -> str:
+    "How a regime is labelled: in the CPU form the 'ImageNet' weights are the stand-in's."
+    return 'supervised (stand-in pre-trained weights)' if regime == 'pretrained' and data == 'shapes' else REGIME_NAMES[regime]
+
 def results_table(res: dict) -> str:
     "The measured validation accuracy of each regime next to the report's."
     rep = res['report']
-    title = f"{TITLES[res['target']]} ({res['arch']} on {res['data']}, {100 * res['fraction']:g}% of the labels): validation accuracy (%)"
+    title = (TITLES[res['target']] if res['data'] != 'shapes' else f"The regimes of {TITLES[res['target']]}, CPU form") + \
+            f" ({res['arch']} on {res['data']}, {100 * res['fraction']:g}% of the labels): validation accuracy (%)"
     lines = [title, f"  {'regime':46} {'ours':>7} {'best':>7} {'report':>7}"]
     for r, m in res['regimes'].items():
         ref = f"{rep[r]:7.2f}" if r in rep else '      -'
-        lines.append(f"  {REGIME_NAMES[r]:46} {m['val_acc']:7.2f} {m['best_val_acc']:7.2f} {ref}")
+        lines.append(f"  {regime_name(r, res['data']):46} {m['val_acc']:7.2f} {m['best_val_acc']:7.2f} {ref}")
     if res['data'] != {'table1': 'imagenette', 'table2': 'imagenette', 'cifar10': 'cifar10'}[res['target']]:
         lines.append(f"  (the report's numbers are for {'Imagenette' if res['target'] != 'cifar10' else 'CIFAR-10'}; ours here are "
                      f"the CPU form on {res['data']}: compare orderings, not values)")
@@ -232,9 +240,9 @@ def plot_fig7(res: dict, axs=None, window: int | None = None):
     for i, (r, m) in enumerate(res['regimes'].items()):
         spe = m['steps_per_epoch']; k = window or spe
         loss = _moving_average([s['loss'] for s in m['step_log']], k)
-        axs[0].plot((np.arange(len(loss)) + k) / spe, loss, c=f'C{i}', lw=1, label=REGIME_NAMES[r])
+        axs[0].plot((np.arange(len(loss)) + k) / spe, loss, c=f'C{i}', lw=1, label=regime_name(r, res['data']))
         ev = [e for e in m['history'] if e.get('val_acc') is not None]
-        axs[1].plot([e['epoch'] for e in ev], [e['val_acc'] for e in ev], 'o-', ms=3, c=f'C{i}', label=REGIME_NAMES[r])
+        axs[1].plot([e['epoch'] for e in ev], [e['val_acc'] for e in ev], 'o-', ms=3, c=f'C{i}', label=regime_name(r, res['data']))
         if r in res['report'] and res['data'] != 'shapes': axs[1].axhline(res['report'][r], c=f'C{i}', ls=':', lw=0.8)
     axs[0].set(xlabel='epoch', ylabel='training loss (moving average)', title=f"({res['arch']}) training loss")
     axs[1].set(xlabel='epoch', ylabel='validation accuracy (%)', title=f"({res['arch']}) validation accuracy")
