@@ -283,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"results: {Path(out) / 'results.json'}, Fig. 7: {Path(out) / 'fig7.png'}")
     return 0
 
-cli.register_command('reproduce', "the report's Tables 1-2 and CIFAR-10 transfer: four regimes on 20% of the labels", _add_arguments, _run,
+cli.register_command('reproduce', "the report's Tables 1-2 and CIFAR-10 transfer: four regimes on 20%% of the labels", _add_arguments, _run,
                      description="Reproduce the report's section 6: train and score supervised from scratch, supervised from ImageNet "
                                  "weights (--weights), the DINO backbone of a `dino-course train` run (--dino) frozen with a new head and "
                                  "fine-tuned, on a fraction (20%) of the labels; write results.json and fig7.png (loss and validation "

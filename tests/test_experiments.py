@@ -30,6 +30,7 @@ def test_reproduce_help_lists_the_targets(capsys):
     assert main(['reproduce', '--help']) == 0
     out = capsys.readouterr().out
     assert all(t in out for t in ('table1', 'table2', 'cifar10')) and '--weights' in out and '--dino' in out
+    assert main(['--help']) == 0 and 'reproduce' in capsys.readouterr().out     # the command list formats its help too
 
 def test_shapes_split_is_recorded_and_balanced():
     (x, y), val, split = shapes_data(fraction=0.2, seed=0)
