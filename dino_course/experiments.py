@@ -160,14 +160,15 @@ def _real_data(data: str, root, fraction: float, seed: int, ft: FineTuneConfig):
     return torch.utils.data.Subset(train, split['indices']), val, split
 
 def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, weights=None, dino=None, out=None,
-                fraction: float = 0.2, seed: int = 0, regimes: Sequence[str] | None = None, verbose: bool = True,
+                fraction: float | None = None, seed: int = 0, regimes: Sequence[str] | None = None, verbose: bool = True,
                 **finetune_overrides) -> dict:
     """The regimes of `target` ('table1', 'table2', 'cifar10') on `data` with a `fraction` of the labels, each through
-    `finetune`: supervised from scratch, from ImageNet `weights`, and the `dino` run's backbone frozen (linear or MLP
+    `finetune` (default `fraction`: 0.2 for the tables, 1 for CIFAR-10): supervised from scratch, from ImageNet `weights`, and the `dino` run's backbone frozen (linear or MLP
     head) and fine-tuned. `data='shapes'`: the CPU form (the course's DINO model; a backbone trained with labels on
     other shapes stands in for ImageNet). Returns the results (also `out`/results.json, with Fig. 7 as fig7.png)."""
     if target not in TARGET_REGIMES: raise ConfigError(f"unknown target {target!r}; use one of {', '.join(TARGET_REGIMES)}")
     regimes = list(regimes or TARGET_REGIMES[target])
+    fraction = fraction or (1.0 if target == 'cifar10' else 0.2)       # the tables: 20% of the labels; CIFAR-10: all
     t0 = time.time()
     if data == 'shapes':
         ft = FineTuneConfig(**{**REPORT_FINETUNE, **SHAPES_FINETUNE, 'seed': seed, **finetune_overrides})
@@ -201,7 +202,8 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
     for r in regimes:
         if verbose: print(f"--- {REGIME_NAMES[r]} ({arch_kw['arch']}, {split['n']} labelled images)", flush=True)
         seed_everything(seed)                                  # a fresh backbone's initialisation depends on the seed only
-        m = finetune(backbone(r), train, val, replace(ft, **REGIMES[r]), out=out / r if out else None, verbose=verbose, name=r)
+        m = finetune(backbone(r), train, val, replace(ft, **REGIMES[r]), num_classes=10,     # Imagenette, CIFAR-10, shapes: 10
+                     out=out / r if out else None, verbose=verbose, name=r)
         res['regimes'][r] = {k: m[k] for k in ('val_acc', 'best_val_acc', 'seconds', 'images_per_second', 'history', 'step_log',
                                                'steps_per_epoch')}
     res['seconds'] = round(time.time() - t0, 1)
@@ -260,7 +262,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--weights', default=None, help="local ImageNet weights for the 'pretrained' regime (timm or torchvision file)")
     p.add_argument('--dino', default=None, metavar='RUN_DIR', help="the --out directory (or checkpoint.pth) of a `dino-course train` run")
     p.add_argument('--out', default=None, help="where results.json, fig7.png and each regime's run go (default: runs/reproduce-TARGET-DATA)")
-    p.add_argument('--fraction', type=float, default=0.2, help="fraction of the training labels, per class (default: 0.2)")
+    p.add_argument('--fraction', type=float, default=None, help="fraction of the training labels, per class (default: 0.2; cifar10: 1)")
     p.add_argument('--seed', type=int, default=0, help="seed of the label split and the training (default: 0)")
     p.add_argument('--regimes', default=None, help="comma-separated subset of the target's regimes (default: all)")
     for name, t, h in [('epochs', int, 'epochs per regime (default: 50, the report\'s; shapes: 20)'),

@@ -5,7 +5,7 @@ import torch
 from dino_course.cli import main
 from dino_course.train import TrainConfig, validate_config, train, backbone_from_config
 from dino_course.experiments import PRESETS, REPORT, preset_command, run_regimes, dino_backbone, shapes_data
-from test_data import make_imagenette          # the real on-disk layout get_dataset('imagenette') reads
+from test_data import make_imagenette, make_cifar10     # the real on-disk layouts get_dataset reads
 
 def test_presets_are_the_reports_values_and_real_options():
     final, mid = PRESETS['report-final'], PRESETS['report-midterm']
@@ -98,3 +98,13 @@ def test_report_numbers():
     assert REPORT['table1'] == {'scratch': 70.06, 'pretrained': 96.31, 'dino_linear': 82.29, 'dino_finetune': 82.17}
     assert REPORT['table2'] == {'scratch': 52.35, 'pretrained': 98.34, 'dino_linear': 66.24, 'dino_finetune': 72.87}
     assert REPORT['cifar10']['dino_mlp'] == 93.0
+
+def test_reproduce_cifar10_on_a_fake_cifar10(fake_imagenette, tmp_path, capsys):
+    _, dino, _ = fake_imagenette
+    make_cifar10(tmp_path, n=4)                       # 20 train, 4 test images
+    out = tmp_path / 'out'
+    assert main(['reproduce', 'cifar10', '--data-root', str(tmp_path), '--dino', str(dino), '--out', str(out), '--epochs', '1',
+                 '--batch-size', '10', '--image-size', '32', '--num-workers', '0']) == 0
+    res = json.loads((out / 'results.json').read_text())
+    assert list(res['regimes']) == ['dino_mlp', 'dino_finetune'] and res['fraction'] == 1.0 and res['split']['n'] == 20
+    assert '93.00' in capsys.readouterr().out
