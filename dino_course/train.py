@@ -75,7 +75,8 @@ class RunConfig:
     channel_shuffle: float = option(0.5, "probability of a random permutation of the RGB channels (breaks colour shortcuts)", 'crops')
     aug_kwargs: dict = option({}, "extra augmentation arguments as JSON, passed to BatchMultiCrop / MultiCropAugmentation", 'crops')
     # --- optimisation
-    optimizer: str = option('adamw', "optimizer", 'optim', choices=('adamw', 'sgd'))
+    optimizer: str = option('adamw', "optimizer: adamw (decoupled weight decay), adam (L2 weight decay added to the gradient, as "
+                                       "the report's runs), sgd (momentum 0.9)", 'optim', choices=('adamw', 'adam', 'sgd'))
     lr: float = option(4e-3, "peak learning rate per 256 images (the reference's rule: lr * batch_size / 256), reached after the warm-up", 'optim')
     scale_lr: bool = option(True, "scale --lr by batch_size / 256; --no-scale-lr uses --lr as given", 'optim')
     min_lr: float = option(1e-5, "learning rate at the end of the cosine schedule", 'optim')
@@ -418,8 +419,9 @@ def check_crop_sizes(backbone: nn.Module, cfg: TrainConfig) -> None:
     finally: backbone.train(was)
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    "AdamW (or SGD with momentum 0.9) over `get_params_groups(model)`; lr and weight decay are set every step."
+    "AdamW, Adam (L2 decay: the report's) or SGD with momentum 0.9 over `get_params_groups(model)`; lr and weight decay are set every step."
     groups = get_params_groups(model)
+    if cfg.optimizer == 'adam': return torch.optim.Adam(groups)
     return torch.optim.AdamW(groups) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=0., momentum=0.9)
 
 def check_run_directory(cfg: TrainConfig) -> Path:
