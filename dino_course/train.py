@@ -217,7 +217,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         raise bad_option('local_size', cfg.local_size, f"is larger than --global-size {cfg.global_size}: local crops are the small views; make it smaller")
     if cfg.arch in OUR_ARCHS:
         for name, size in crops:
-            if size < cfg.patch_size or size % cfg.patch_size:
+            if size < cfg.patch_size:
+                raise bad_option(name, size, f"is smaller than --patch-size {cfg.patch_size}: use a larger crop or a smaller --patch-size")
+            if size % cfg.patch_size:
                 raise bad_option(name, size, f"must be a multiple of --patch-size {cfg.patch_size} (the ViT cuts crops into {cfg.patch_size} px "
                                  f"patches, so the patch size must divide the crop size); e.g. {max(size // cfg.patch_size, 1) * cfg.patch_size}")
     if cfg.data == 'shapes' and cfg.aug == 'per-image':
