@@ -33,7 +33,8 @@ from .core import get_device, seed_everything, progress
 from .data import make_shapes
 from .augment import BatchMultiCrop
 from .vit import build_backbone
-from .dino import DINOLoss, DINOHead, MultiCropWrapper, build_teacher, dino_step, get_params_groups, entropy
+from .dino import DINOLoss, DINOMethod, CollapseMonitor, get_params_groups, entropy
+from .learner import Trainer, Callback
 from .evaluate import extract_features, knn_classifier
 
 # %% ../nbs/06_collapse.ipynb #c18a9492
@@ -134,48 +135,72 @@ def run_ablation(ablation: str | dict = 'full DINO', config: CollapseConfig | No
     try: return _run(cfg, name, device, monitor)
     finally: torch.set_num_threads(old_threads)
 
+class _FixedImages:
+    """The learner's batch source for a collapse run: `steps` batches drawn with replacement from a fixed set of
+    images, each turned into crops by `aug`, from one seeded generator (the same run gives the same batches)."""
+    def __init__(self, images, aug, batch_size: int, steps: int, seed: int, device):
+        self.images, self.aug, self.batch_size, self.niter_per_ep = images, aug, batch_size, steps
+        self.g, self.device = torch.Generator().manual_seed(seed), device
+    def epoch(self, epoch: int, start: int = 0):
+        for _ in range(start, self.niter_per_ep):
+            idx = torch.randint(0, len(self.images), (self.batch_size,), generator=self.g)
+            yield self.aug(self.images[idx].to(self.device), generator=self.g)   # [global1, global2, locals...]
+
+class _Record(Callback):
+    "Every step: eq. 9's three terms from the loss (exact, not the log's rounded copy), the identity gap, the monitor."
+    def __init__(self, keys, monitor: CollapseMonitor | None, total: int, name: str):
+        self.keys, self.mon, self.hist, self.gap = keys, monitor, {'step': [], **{k: [] for k in keys}}, 0.
+        self.bar = progress(total=total, desc=name)
+    def after_step(self, t, loss: float, stats: dict) -> None:
+        s = step_stats(t.method.dino_loss)
+        self.hist['step'].append(t.step - 1)
+        for k in self.keys[:-1]: self.hist[k].append(s[k])
+        self.hist['loss'].append(loss)
+        self.gap = max(self.gap, s['identity_gap'])
+        if self.mon is not None: self.mon.update(t.step - 1, s['teacher_entropy'], s['kl'])
+        self.bar.update(1)
+    def cleanup(self, t) -> None: self.bar.close()
+
+def _dino_config(cfg: CollapseConfig):
+    "The learner's config of a collapse run: DINO's options as `CollapseConfig` sets them (no KoLeo, no BN in the head)."
+    from dino_course.train import TrainConfig                      # lesson 05b's flat config (DINO's fields and the run's)
+    tt = cfg.resolved_teacher_temp()
+    return TrainConfig(arch=cfg.arch, out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim,
+                       use_bn=False, norm_last_layer=True, nlayers=3, n_local=cfg.n_local, local_size=cfg.local_size,
+                       warmup_teacher_temp=cfg.warmup_teacher_temp if cfg.warmup_teacher_temp is not None else tt, teacher_temp=tt,
+                       warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_steps, student_temp=cfg.student_temp,
+                       center_momentum=cfg.center_momentum, centering=cfg.centering, koleo_weight=0.,
+                       momentum_teacher=cfg.momentum_teacher, momentum_teacher_end=cfg.momentum_teacher, freeze_last_layer=0.)
+
 def _run(cfg: CollapseConfig, name: str, device: torch.device, monitor: bool) -> dict:
+    """One collapse run on the learner (lesson 02c): `DINOMethod` (lesson 05) trained by `Trainer` for `cfg.steps`
+    steps, in float32. The method's schedules count steps (one step = one of its 'epochs'), as `DINOLoss` counts its
+    teacher-temperature warm-up; `use_centering=False` switches the loss's center off (it stays at 0)."""
     seed_everything(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)                   # augmentation and batch order
     images, labels = _shapes_tensors(cfg.n_images, cfg.image_size, cfg.seed)
     bb_kw = cfg.backbone_kwargs if cfg.backbone_kwargs is not None else dict(embed_dim=64, depth=2, num_heads=2, patch_size=8)
     if cfg.arch.startswith('vit'): bb_kw = dict(img_size=cfg.image_size, **bb_kw)
-    backbone = build_backbone(cfg.arch, **bb_kw)
-    student = MultiCropWrapper(backbone, DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.hidden_dim,
-                                                  bottleneck_dim=cfg.bottleneck_dim)).to(device)
-    teacher = build_teacher(student)
-    tt = cfg.resolved_teacher_temp()
-    # the teacher-temperature schedule counts steps here (DINOLoss calls them epochs)
-    loss_fn = DINOLoss(cfg.out_dim, 2 + cfg.n_local, cfg.warmup_teacher_temp if cfg.warmup_teacher_temp is not None else tt,
-                       tt, cfg.warmup_teacher_temp_steps, cfg.steps, student_temp=cfg.student_temp,
-                       center_momentum=cfg.center_momentum, use_centering=cfg.use_centering,
-                       centering=cfg.centering).to(device)
-    opt = torch.optim.AdamW(get_params_groups(student), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    aug = BatchMultiCrop(cfg.image_size, cfg.local_size, cfg.n_local, blur=(0., 0., 0.), p_solarize=0.)
-    mon = CollapseMonitor(cfg.out_dim) if monitor else None
+    method = DINOMethod(_dino_config(cfg), build_backbone(cfg.arch, **bb_kw), epochs=cfg.steps, niter_per_ep=1).to(device)
+    method.dino_loss.use_centering = cfg.use_centering
+    batches = _FixedImages(images, BatchMultiCrop(cfg.image_size, cfg.local_size, cfg.n_local, blur=(0., 0., 0.), p_solarize=0.),
+                           cfg.batch_size, cfg.steps, cfg.seed, device)
+    opt = torch.optim.AdamW(get_params_groups(method.student), lr=cfg.lr, weight_decay=cfg.weight_decay)
     keys = ('teacher_entropy', 'kl', 'cross_entropy', 'teacher_temp', 'loss')
-    hist = {'name': name, 'step': [], **{k: [] for k in keys}}
-    gap = 0.
+    rec = _Record(keys, CollapseMonitor(cfg.out_dim) if monitor else None, cfg.steps, name)
+    trainer = Trainer(method, batches, opt, np.full(cfg.steps, cfg.lr), np.full(cfg.steps, cfg.weight_decay), epochs=1,
+                      callbacks=[rec], device=device, clip_grad=3.0)
     t0 = time.time()
-    for step in progress(range(cfg.steps), desc=name):
-        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
-        crops = aug(images[idx].to(device), generator=g)          # [global1, global2, locals...], each (B, 3, s, s)
-        loss = dino_step(student, teacher, loss_fn, crops, opt, step, cfg.momentum_teacher, freeze_last_layer=0)
-        s = step_stats(loss_fn)
-        hist['step'].append(step)
-        for k in keys[:-1]: hist[k].append(s[k])
-        hist['loss'].append(float(loss))
-        gap = max(gap, s['identity_gap'])
-        if mon is not None: mon.update(step, s['teacher_entropy'], s['kl'])
+    trainer.fit()
     seconds = time.time() - t0
+    teacher, tt = method.teacher, cfg.resolved_teacher_temp()
     test_images, test_labels = _shapes_tensors(cfg.n_test, cfg.image_size, cfg.seed + 10_000)
     train_f, train_l = extract_features(teacher.backbone, (images, labels))
     test_f, test_l = extract_features(teacher.backbone, (test_images, test_labels))
-    hist.update(knn=knn_classifier(train_f, train_l, test_f, test_l, k=cfg.knn_k),
-                diversity=output_diversity(teacher, test_images, loss_fn.center, tt),
-                max_identity_gap=gap, status=mon.status if mon else None, since_step=mon.since_step if mon else None,
-                log_k=math.log(cfg.out_dim), seconds=seconds, config=asdict(cfg))
-    return hist
+    mon = rec.mon
+    return {'name': name, **rec.hist, 'knn': knn_classifier(train_f, train_l, test_f, test_l, k=cfg.knn_k),
+            'diversity': output_diversity(teacher, test_images, method.dino_loss.center, tt), 'max_identity_gap': rec.gap,
+            'status': mon.status if mon else None, 'since_step': mon.since_step if mon else None,
+            'log_k': math.log(cfg.out_dim), 'seconds': seconds, 'config': asdict(cfg)}
 
 def run_ablations(names: list[str] | None = None, config: CollapseConfig | None = None, **overrides) -> dict[str, dict]:
     "`run_ablation` for each name (default: all of `ABLATIONS`) with the same config: {name: history}."
