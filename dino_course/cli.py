@@ -82,7 +82,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {}
 # Modules of later lessons that add commands (or methods) when imported. The CLI imports them only when it builds its
 # parser: the lessons come after this one, and importing them at the top would make lesson 05c depend on them.
-COMMAND_MODULES: list[str] = ['dino_course.bench']
+COMMAND_MODULES: list[str] = ['dino_course.bench', 'dino_course.segment']
 
 def register_command(name: str, help: str, add_arguments, run, description: str | None = None) -> None:
     """Add `dino-course NAME`: a module lists itself in `COMMAND_MODULES` and calls this when imported. `run(args)`
