@@ -187,7 +187,7 @@ def segmentation_table(rows: dict[str, dict[str, Tensor | float]], columns: Sequ
         lines.append(f'{name:<{w}}' + ''.join(f'{float(torch.as_tensor(r[c]).float().mean()):>16.{digits}f}' for c in columns))
     return '\n'.join(lines)
 
-# %% ../nbs/09_segment.ipynb #4ee8ef68
+# %% ../nbs/09_segment.ipynb #344cb7e3
 def nearest_neighbours(query: Tensor, bank: Tensor, k: int = 5) -> Tensor:
     "Indices `(Q, k)` of each query's `k` most cosine-similar rows of `bank` (features `(Q, D)` and `(N, D)`), best first."
     sim = F.normalize(query.float(), dim=1) @ F.normalize(bank.float(), dim=1).T
@@ -222,7 +222,7 @@ def plot_retrieval(queries: Tensor, bank: Tensor, neighbours: dict[str, Tensor],
     fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, top=0.9, bottom=0.01)
     return fig
 
-# %% ../nbs/09_segment.ipynb #71db98e4
+# %% ../nbs/09_segment.ipynb #5fef5f30
 DINO_RELEASE = 'https://dl.fbaipublicfiles.com/dino/'
 
 class LinearClassifier(nn.Module):
@@ -315,7 +315,7 @@ def pretrained_model(name: str, root=None, download: bool = True, verbose: bool 
     load_pretrained(model, name, root, download, verbose)
     return model.eval()
 
-# %% ../nbs/09_segment.ipynb #11b6c607
+# %% ../nbs/09_segment.ipynb #72e484ce
 def _course_models() -> list[str]:
     try: d = _models_dir()
     except FileNotFoundError: return []
@@ -367,7 +367,7 @@ def fit_to_patches(image: Tensor, size: int, patch: int) -> Tensor:
     hw = [max(patch, int(round(d * s / patch)) * patch) for d in (H, W)]
     return resize(image, hw, antialias=True)
 
-# %% ../nbs/09_segment.ipynb #657594fe
+# %% ../nbs/09_segment.ipynb #429dc192
 def voc_items(root=None, split: str = 'val', limit: int | None = None):
     """PASCAL VOC 2012 segmentation pairs from disk (`get_dataset('voc')`, opened now: a missing dataset fails here):
     a generator of uint8 image `(3,H,W)`, label map `(H,W)` (255 = void)."""
@@ -396,7 +396,7 @@ def evaluate_voc(backbone: nn.Module, items, size: int = 480, keep: float = 0.6,
             for s in MASK_SOURCES: scores[m][s].append(float(r[s][0]))
     return {m: {s: float(np.mean(v)) if v else float('nan') for s, v in d.items()} for m, d in scores.items()}
 
-# %% ../nbs/09_segment.ipynb #a07ff62c
+# %% ../nbs/09_segment.ipynb #8ee71da3
 def _save_map(path: Path, m: Tensor):
     plt.imsave(path, m.numpy(), cmap='inferno')
 
