@@ -177,4 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # %% ../nbs/05c_cli.ipynb #4c026896
 #| eval: false
-if __name__ == '__main__': sys.exit(main())     # `python -m dino_course.cli ...`, e.g. under torchrun
+if __name__ == '__main__':      # `python -m dino_course.cli ...`, e.g. under torchrun. Run the imported module's main:
+    from dino_course.cli import main as _main    # later lessons register their commands there, not in __main__
+    sys.exit(_main())

@@ -253,3 +253,11 @@ def test_evaluate_voc_on_fake_pairs():
     items = [(torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8), lab)] * 2
     t = evaluate_voc(vit, items, size=32, progress=False)
     assert set(t) == {'largest', 'union'} and all(0 <= v <= 1 for d in t.values() for v in d.values())
+
+def test_module_entry_point_sees_the_commands():
+    "`python -m dino_course.cli` (as under torchrun) knows the commands this module registers, like the console script."
+    import os, subprocess, sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, '-m', 'dino_course.cli', 'segment-eval', '--help'], capture_output=True, text=True,
+                       timeout=180, env={**os.environ, 'PYTHONPATH': str(root)})
+    assert r.returncode == 0 and '--data' in r.stdout, r.stderr
