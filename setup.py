@@ -19,7 +19,9 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+course_requirements = shlex.split(cfg.get('course_requirements', ''))
+docs_requirements = shlex.split(cfg.get('docs_requirements', ''))
+dev_requirements = shlex.split(cfg.get('dev_requirements', '')) + course_requirements + docs_requirements
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 
@@ -35,7 +37,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dino_course', 'dino_course.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'course': course_requirements, 'docs': docs_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),

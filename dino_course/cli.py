@@ -9,12 +9,13 @@ from typing import Callable, NamedTuple
 from dataclasses import fields, MISSING
 from typing import Sequence
 from pathlib import Path
+from .data import DatasetNotFoundError
 from .train import (TUPLE_FIELDS, TrainConfig, RunConfig, METHODS, train, atomic_save, validate_config, ConfigError,
                                ResumeError, NonFiniteLossError, TrainingInterrupted)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COMMAND_MODULES', 'method_fields', 'add_config_arguments', 'Command', 'register_command', 'build_parser',
-           'config_from_args', 'main']
+__all__ = ['EXIT_CODES', 'COMMANDS', 'COMMAND_MODULES', 'method_fields', 'add_config_arguments', 'Command', 'register_command',
+           'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/05c_cli.ipynb #0d885a6c
 _GROUPS = {'method': 'method', 'data': 'data', 'model': 'backbone', 'crops': 'views (augmentation)',
@@ -31,6 +32,19 @@ def _json_object(text: str) -> dict:
     except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from None
     if not isinstance(value, dict): raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"depth\": 4}}', got {text!r}")
     return value
+
+def _count(minimum: int):
+    "An argparse type: an integer >= `minimum`."
+    def parse(text: str) -> int:
+        try: v = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < minimum: raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {v}")
+        return v
+    return parse
+
+EXIT_CODES = """exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); 2 bad input, configuration or run
+directory (nothing was trained); 3 the run directory could not be written during training (disk full, permissions:
+the last checkpoint is kept, re-run to resume); 130 interrupted by Ctrl-C or SIGTERM (a checkpoint was saved)."""
 
 def _base_type(t):
     "`int | None` -> int; other types unchanged."
@@ -82,7 +96,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {}
 # Modules of later lessons that add commands (or methods) when imported. The CLI imports them only when it builds its
 # parser: the lessons come after this one, and importing them at the top would make lesson 05c depend on them.
-COMMAND_MODULES: list[str] = ['dino_course.bench', 'dino_course.segment']
+COMMAND_MODULES: list[str] = ['dino_course.bench', 'dino_course.site', 'dino_course.segment']
 
 def register_command(name: str, help: str, add_arguments, run, description: str | None = None) -> None:
     """Add `dino-course NAME`: a module lists itself in `COMMAND_MODULES` and calls this when imported. `run(args)`
@@ -93,7 +107,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The `dino-course` parser: commands `train` (the run's flags and `method`'s, default DINO's, in `--help`) and
     `bench` (`--knn`: the kNN-vs-seconds benchmark), each accepting every `TrainConfig` flag."""
     for m in COMMAND_MODULES: importlib.import_module(m)      # e.g. lesson 10's bench registers the 'supervised' method
-    p = _Parser(prog='dino-course', description="dino-course: self-supervised learning (DINO) from a notebook-first course. "
+    p = _Parser(prog='dino-course', epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter, description="dino-course: self-supervised learning (DINO) from a notebook-first course. "
                 "Train with `dino-course train` (defaults: DINO on the built-in shapes, CPU-sized), measure speed with `dino-course bench`.")
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     tr = sub.add_parser('train', help="train a model; re-running the same command resumes it",
@@ -102,8 +116,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                                     "command resumes from its checkpoint. Under torchrun every process runs it (rank 0 writes).")
     be = sub.add_parser('bench', help="measure training images/s (and GPU peak memory) of a configuration",
                         description="Time full training steps (augmentation included) of a configuration on the built-in shapes.")
-    be.add_argument('--steps', type=int, default=10, help="timed steps (default: 10)")
-    be.add_argument('--warmup', type=int, default=3, help="untimed steps first (default: 3)")
+    be.add_argument('--steps', type=_count(1), default=10, help="timed steps (default: 10)")
+    be.add_argument('--warmup', type=_count(0), default=3, help="untimed steps first (default: 3)")
     be.add_argument('--knn', action='store_true',
                     help="instead of images/s, the ladder: train DINO and SimCLR for --minutes each (default 10) on the built-in "
                          "shapes and print their kNN accuracy at 2, 5 and 10 minutes next to raw pixels, the random backbone and "
@@ -139,8 +153,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return validate_config(TrainConfig.from_dict({**base, **given}))
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `dino-course` console script. Returns the exit code: 0 done, 1 training diverged,
-    2 bad usage / configuration / run directory, 130 interrupted (a checkpoint was saved)."""
+    """The `dino-course` console script. Returns the exit code (`EXIT_CODES`): 0 done, 1 training diverged,
+    2 bad usage / configuration / data / run directory, 3 the run directory could not be written during training,
+    130 interrupted (a checkpoint was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     method = next((a.split('=', 1)[1] if '=' in a else argv[i + 1] for i, a in enumerate(argv)
                    if a.split('=', 1)[0] == '--method' and ('=' in a or i + 1 < len(argv))), None)
@@ -170,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr); return 2
     except NonFiniteLossError as e:
         print(f"{prog}: {e}", file=sys.stderr); return 1
+    except DatasetNotFoundError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:           # the run directory could not be written mid-run (disk full, permissions); atomic saves kept the last checkpoint
+        print(f"{prog}: error: {e.strerror or e} ({e.filename or 'run directory'}); the last checkpoint is kept: free space or fix the "
+              "permissions, then re-run the same command to resume", file=sys.stderr); return 3
     except TrainingInterrupted as e:
         print(f"{prog}: {e}", file=sys.stderr); return 130
     except KeyboardInterrupt:

@@ -546,12 +546,17 @@ class SafeImageFolder(tvd.ImageFolder):
             f"or one of {', '.join(DATASET_NAMES)}.")
         self.min_size, self.max_side, self.max_pixels = min_size, max_side, max_pixels   # 89.5 MP: PIL's bomb warning
         self.skipped, self.failures, self.ignored, self.modes, self._bad = [], [], [], Counter(), set()
+        self.loops, self.duplicates, self.unreadable = [], [], []        # links that loop, files reached twice, folders we cannot list
         super().__init__(str(root), transform=transform, target_transform=target_transform, loader=self._load, allow_empty=True)
+        empty = [c for c in self.classes if c in self._unreadable_classes]
+        if empty: raise DatasetNotFoundError(
+            f"Class folder(s) {', '.join(empty)} in {root} cannot be read ({self.unreadable[0][1]}): fix their permissions "
+            "(chmod -R u+rX) or move them out of the data folder.")
         if not self.samples: raise DatasetNotFoundError(
             f"No image files ({' '.join(IMG_EXTENSIONS)}) in {root}: put them in class subfolders "
             f"({root}/cat/1.jpg, {root}/dog/2.jpg) or directly in the folder (one class, label 0).")
         if verify: self._scan(full=verify == 'full')
-        if warn and (self.skipped or self.ignored): warnings.warn(self.report(), stacklevel=2)
+        if warn and (self.skipped or self.ignored or self.loops or self.duplicates or self.unreadable): warnings.warn(self.report(), stacklevel=2)
 
     def find_classes(self, directory):
         subdirs = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith('.'))  # no .ipynb_checkpoints
@@ -560,15 +565,26 @@ class SafeImageFolder(tvd.ImageFolder):
         return subdirs, {c: i for i, c in enumerate(subdirs)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        samples = []
+        samples, seen_files, self._unreadable_classes = [], {}, set()
+        # os.walk follows links (a class folder may be a link to elsewhere), so guard it ourselves: a folder already
+        # visited through another path is a loop or a second way in and is not walked again; a file reached twice
+        # (two classes linked to each other) is kept once, in the first class; a folder that cannot be listed is recorded.
         def visit(folder, label, recurse):
-            for dirpath, dirs, files in os.walk(folder, followlinks=True):
+            seen_dirs, n0 = set(), len(samples)
+            def onerror(e): self.unreadable.append((e.filename, e.strerror or str(e)))
+            for dirpath, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
+                real = os.path.realpath(dirpath)
+                if real in seen_dirs: self.loops.append(dirpath); dirs[:] = []; continue
+                seen_dirs.add(real)
                 dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if recurse else []
                 for f in sorted(files):
                     if f.startswith('.'): continue                       # ._x.jpg macOS forks, .DS_Store
                     p = os.path.join(dirpath, f)
-                    if f.lower().endswith(IMG_EXTENSIONS): samples.append((p, label))
-                    else: self.ignored.append(p)
+                    if not f.lower().endswith(IMG_EXTENSIONS): self.ignored.append(p); continue
+                    rp = os.path.realpath(p)
+                    if rp in seen_files: self.duplicates.append((p, seen_files[rp])); continue
+                    seen_files[rp] = p; samples.append((p, label))
+            if len(samples) == n0 and any(u[0] == folder for u in self.unreadable): self._unreadable_classes.add(Path(folder).name)
         if self.flat: visit(directory, 0, recurse=False)
         else:
             self.ignored += [e.path for e in sorted(os.scandir(directory), key=lambda e: e.name)   # loose files beside
@@ -615,6 +631,9 @@ class SafeImageFolder(tvd.ImageFolder):
         if converted: out += f"; {sum(converted.values())} converted to RGB on load ({', '.join(f'{m} {c}' for m, c in sorted(converted.items()))})"
         if self.ignored: out += f'; ignored {len(self.ignored)} non-image file(s): {names([(p, None) for p in self.ignored])}'
         if self.failures: out += f'; {len(self.failures)} failed after the scan: {names(self.failures)}'
+        if self.loops: out += f"; did not follow {len(self.loops)} link(s) back into folders already read (a loop or a second way in): {names([(p, None) for p in self.loops])}"
+        if self.duplicates: out += f"; {len(self.duplicates)} file(s) reached twice through links, kept once (the same file): {names([(p, 'also ' + q) for p, q in self.duplicates])}"
+        if self.unreadable: out += f"; could not read {len(self.unreadable)} folder(s): {names(self.unreadable)}"
         return out + '.'
 
     def _load(self, path: str) -> Image.Image:

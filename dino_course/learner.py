@@ -20,8 +20,9 @@ from .evaluate import KNNEvaluator, attention_maps, plot_attention
 __all__ = ['STOP_REASONS', 'CHECKPOINT', 'ConfigError', 'ResumeError', 'NonFiniteLossError', 'TrainingInterrupted', 'option',
            'bad_option', 'SSLMethod', 'make_augmentation', 'Callback', 'Trainer', 'atomic_save', 'write_text',
            'rng_state', 'set_rng_state', 'load_checkpoint', 'config_differences', 'diverged', 'Checkpoint',
-           'NonFiniteGuard', 'StepLimit', 'TimeBudget', 'CtrlC', 'KNNMonitor', 'ProgressBar', 'log_line', 'Log',
-           'save_figure', 'plot_history', 'Figures', 'DistEnv', 'init_distributed', 'barrier', 'wrap_ddp']
+           'CheckpointEvery', 'NonFiniteGuard', 'StepLimit', 'TimeBudget', 'CtrlC', 'KNNMonitor', 'ProgressBar',
+           'log_line', 'Log', 'save_figure', 'plot_history', 'Figures', 'DistEnv', 'init_distributed', 'barrier',
+           'wrap_ddp']
 
 # %% ../nbs/02c_learner.ipynb #9b0b7534
 class ConfigError(ValueError):
@@ -301,22 +302,22 @@ def diverged(t: Trainer, what: str) -> str:
     where = (f"the last good checkpoint {path} (epoch {t.last_good['epoch']}, step {t.last_good['step']}) is kept"
              if getattr(t, 'last_good', None) else "no checkpoint had been written yet")
     return (f"training diverged: {what} at epoch {t.epoch + 1}, step {t.step} (lr {t.optimizer.param_groups[0]['lr']:.3g}); "
-            f"stopped, {where}. Lower --lr or raise --warmup-epochs / --warmup-teacher-temp-epochs, then re-run to "
-            "resume from the checkpoint, or use --no-resume to start over.")
+            f"stopped, {where}. Re-run with a lower --lr (or a longer --warmup-epochs) and --allow-changes to resume "
+            "from it, or with --no-resume to start over.")
 
 class Checkpoint(Callback):
     """Atomic checkpoints in `run_dir` after every period (rank 0 writes; all ranks wait), `config` (a dict) stored
     with them; `fit` starts from `resume` (a `load_checkpoint` dict) if given. Non-finite weights are never saved.
     Without `resume` an existing checkpoint is moved aside (never deleted) and `config.json` is written."""
     order = 0
-    def __init__(self, run_dir: str | Path, config: dict, resume: dict | None = None):
-        self.run_dir, self.config, self.resume = Path(run_dir), config, resume
+    def __init__(self, run_dir: str | Path, config: dict, resume: dict | None = None, extra: dict | None = None):
+        self.run_dir, self.config, self.resume, self.extra = Path(run_dir), config, resume, extra or {}   # extra: e.g. the data's classes
 
     def state_dict(self, t: Trainer) -> dict:
         return {'version': 1, 'config': self.config, **{name: m.state_dict() for name, m in t.method.named_children()},
                 'optimizer': t.optimizer.state_dict(), 'scaler': t.scaler.state_dict() if t.scaler else None,
                 **{k: getattr(t, k) for k in _POSITION}, 'step_log': t.step_log, 'rng': t.rng or rng_state(),
-                'time_budget': t.endless, 'progress': t.progress}
+                'time_budget': t.endless, 'progress': t.progress, **self.extra}
 
     def load_state_dict(self, t: Trainer, ckpt: dict) -> None:
         path = self.run_dir / CHECKPOINT
@@ -359,6 +360,20 @@ class Checkpoint(Callback):
                        config=self.config)
         if t.env.is_main: atomic_save(t.method.eval_backbone().state_dict(), self.run_dir / 'backbone.pth')
 
+class CheckpointEvery(Callback):
+    """Also checkpoint every `steps` steps inside an epoch (a long epoch on real data must not lose an hour to a crash),
+    without a log entry or an evaluation: the checkpoint holds the position and the period's running sums, so a
+    resumed run continues the epoch where it stopped. Every process reaches the same step, so DDP stays in step."""
+    order = 1
+    def __init__(self, steps: int): self.steps = steps
+    def after_step(self, t: Trainer, loss, stats) -> None:
+        if t.step % self.steps or t.it in (0, t.niter_per_ep): return      # epoch ends have their own checkpoint
+        ck = next(c for c in t.callbacks if isinstance(c, Checkpoint))
+        t.rng = rng_state()
+        if t.env.is_main: atomic_save(ck.state_dict(t), ck.run_dir / CHECKPOINT)
+        barrier(t.env)
+        t.last_good = dict(epoch=t.epoch, step=t.step)
+
 class NonFiniteGuard(Callback):
     "Stop with `NonFiniteLossError` (before any update) when the loss is not finite; the last good checkpoint stays."
     def after_loss(self, t: Trainer, loss: float) -> None:
@@ -394,21 +409,23 @@ class TimeBudget(Callback):
         entry['progress'] = round(t.progress, 4)
 
 class CtrlC(Callback):
-    "First Ctrl-C: finish the step, checkpoint, stop and raise `TrainingInterrupted`. Second: abort at once."
+    """First Ctrl-C (SIGINT) or SIGTERM (what schedulers such as Slurm send before they kill a job): finish the step,
+    checkpoint, stop and raise `TrainingInterrupted`. A second one: abort at once."""
     order = 99                                           # raises after every other callback wrote its files
     hit, old = False, None
+    SIGNALS = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}
     def before_fit(self, t: Trainer) -> None:
         self.hit, self.old = False, None
         if threading.current_thread() is not threading.main_thread(): return
-        self.old = signal.getsignal(signal.SIGINT)
+        self.old = {s: signal.getsignal(s) for s in self.SIGNALS}
         def handler(signum, frame):
             if self.hit:
-                signal.signal(signal.SIGINT, self.old if callable(self.old) else signal.default_int_handler)
+                self.cleanup(t)
                 raise KeyboardInterrupt
             self.hit = True
-            if t.env.is_main: print("\nCtrl-C: stopping after this step to save a checkpoint (Ctrl-C again aborts without saving)",
-                                    file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, handler)
+            if t.env.is_main: print(f"\n{self.SIGNALS[signum]}: stopping after this step to save a checkpoint (a second one aborts "
+                                    "without saving)", file=sys.stderr, flush=True)
+        for s in self.SIGNALS: signal.signal(s, handler)
     def after_step(self, t: Trainer, loss, stats) -> None:
         if self.hit: t.request_stop('interrupted')
     def after_fit(self, t: Trainer, summary: dict) -> None:
@@ -416,7 +433,9 @@ class CtrlC(Callback):
             raise TrainingInterrupted(f"interrupted at epoch {t.step / t.niter_per_ep:.2f} (step {t.step}); checkpoint saved in "
                                       f"{getattr(t, 'run_dir', '?')}. Re-run the same command to resume.")
     def cleanup(self, t: Trainer) -> None:
-        if self.old is not None: signal.signal(signal.SIGINT, self.old); self.old = None
+        for s, h in (self.old or {}).items():
+            signal.signal(s, h if callable(h) or h in (signal.SIG_DFL, signal.SIG_IGN) else signal.default_int_handler)
+        self.old = None
 
 # %% ../nbs/02c_learner.ipynb #9717cfdd
 class KNNMonitor(Callback):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_train.ipynb #908b6324
 from __future__ import annotations
-import itertools, json, math, os, time, typing
+import contextlib, itertools, json, math, os, socket, sys, time, typing, warnings
 from dataclasses import dataclass, fields, asdict, replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +21,7 @@ from .augment import eval_transform
 from .vit import build_backbone
 from .evaluate import (extract_features, knn_classifier, KNNEvaluator, attention_maps, mass_masks, jaccard, SEG_SEED,
                                   shapes_masks_bank, attention_jaccard, plot_attention)
-from .learner import (SSLMethod, Trainer, Callback, ConfigError, ResumeError, NonFiniteLossError, TrainingInterrupted,
+from .learner import (CheckpointEvery, SSLMethod, Trainer, Callback, ConfigError, ResumeError, NonFiniteLossError, TrainingInterrupted,
                                  option, bad_option, DistEnv, init_distributed, barrier, wrap_ddp, atomic_save, write_text,
                                  load_checkpoint, config_differences, CHECKPOINT, Checkpoint, NonFiniteGuard, StepLimit, TimeBudget,
                                  CtrlC, KNNMonitor, ProgressBar, Log, Figures, plot_history, log_line)
@@ -29,12 +29,12 @@ from .ssl import SimCLRMethod, SimCLRConfig, nt_xent
 from .dino import DINOMethod, DINOConfig, cosine_scheduler, get_params_groups
 
 # %% auto #0
-__all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'KNOWN_DATASETS', 'TUPLE_FIELDS', 'RUN_FIELDS', 'METHODS', 'SHAPES', 'AUGMENT',
-           'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'DEFAULT_EPOCHS', 'RunConfig', 'TrainConfig',
-           'register_method', 'get_method', 'validate_config', 'step_seed', 'GlobalBatchSampler', 'Views',
-           'ShapesStream', 'DatasetBatches', 'make_batches', 'knn_bank', 'backbone_from_config', 'make_optimizer',
-           'run_directory', 'shapes_jaccard', 'make_trainer', 'calibrate_epochs', 'train', 'export_course_model',
-           'load_course_model']
+__all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'KNOWN_DATASETS', 'TUPLE_FIELDS', 'RUN_FIELDS', 'CHANGEABLE_FIELDS', 'METHODS', 'SHAPES',
+           'AUGMENT', 'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'DEFAULT_EPOCHS', 'RunConfig',
+           'TrainConfig', 'register_method', 'get_method', 'validate_config', 'step_seed', 'GlobalBatchSampler',
+           'Views', 'ShapesStream', 'DatasetBatches', 'make_batches', 'knn_bank', 'backbone_from_config',
+           'make_optimizer', 'check_run_directory', 'RunLock', 'data_classes', 'RecordChanges', 'run_directory',
+           'shapes_jaccard', 'make_trainer', 'calibrate_epochs', 'train', 'export_course_model', 'load_course_model']
 
 # %% ../nbs/05b_train.ipynb #c5c936f3
 ARCH_PRESETS = {'vit_nano': ('vit_tiny', dict(depth=4, embed_dim=96, num_heads=3))}   # CPU-sized presets of the course's ViT
@@ -96,6 +96,9 @@ class RunConfig:
     resume: bool = option(True, "resume from the run directory's checkpoint if there is one (--no-resume: start over, "
                                 "keeping the old checkpoint under another name)", 'run')
     stop_at_step: int | None = option(None, "stop (checkpointed, resumable) when the global step reaches this; for demos and tests", 'run')
+    checkpoint_every: int = option(0, "also checkpoint every this many steps inside an epoch (long epochs on real data); 0: at epoch ends only", 'run')
+    allow_changes: bool = option(False, "resume although optimisation options changed (lr, warm-up, weight decay, clipping, teacher "
+                                        "temperature and momentum, KoLeo weight), e.g. after a divergence; the changes are logged", 'run')
     # --- evaluation
     eval_every: int = option(1, "run the kNN evaluation every this many epochs (0: only at the end)", 'eval')
     knn_k: int = option(20, "kNN: neighbours", 'eval')
@@ -126,7 +129,10 @@ TUPLE_FIELDS = ('global_scale', 'local_scale', 'blur_sigma')   # pairs, stored a
 
 # fields that may differ between a run's first start and its resumption
 RUN_FIELDS = ('epochs', 'minutes', 'device', 'amp', 'threads', 'out', 'resume', 'stop_at_step', 'num_workers',
-              'eval_every', 'figures', 'data_root')
+              'eval_every', 'figures', 'data_root', 'checkpoint_every', 'allow_changes')
+# fields that may change on resume with --allow-changes (the optimisation, not the model or the data)
+CHANGEABLE_FIELDS = ('lr', 'min_lr', 'scale_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad', 'warmup_teacher_temp',
+                     'teacher_temp', 'warmup_teacher_temp_epochs', 'momentum_teacher', 'momentum_teacher_end', 'koleo_weight')
 
 # %% ../nbs/05b_train.ipynb #f591c3da
 METHODS: dict[str, type[SSLMethod]] = {}     # name -> SSLMethod subclass: `register_method` fills it
@@ -143,6 +149,22 @@ def get_method(name: str) -> type[SSLMethod]:
 
 register_method('dino', DINOMethod)
 register_method('simclr', SimCLRMethod)
+
+# options of the JSON pass-throughs that have their own flag: the flag must say it (one source of truth)
+_NAMED_IN_KWARGS = {'backbone_kwargs': {'patch_size': 'patch_size', 'img_size': 'global_size', 'drop_path_rate': 'drop_path',
+                                        'drop_path': 'drop_path', 'small_input': 'small_input'},
+                    'aug_kwargs': {**{k: k for k in ('global_size', 'local_size', 'n_local', 'global_scale', 'local_scale')},
+                                   'p_channel_shuffle': 'channel_shuffle', 'sigma': 'blur_sigma', 'p_solarize': 'solarize'}}
+# (aug_kwargs' `blur`, one probability per view, refines --blur rather than restating it: allowed)
+
+def _check_kwargs(cfg) -> None:
+    for kw, named in _NAMED_IN_KWARGS.items():
+        d = getattr(cfg, kw)
+        if not isinstance(d, dict): raise bad_option(kw, d, "must be a JSON object, e.g. '{\"depth\": 4}'")
+        for k, field in named.items():
+            if k in d and (tuple(d[k]) if isinstance(d[k], list) else d[k]) != getattr(cfg, field):
+                flag = '--' + field.replace('_', '-')
+                raise bad_option(kw, d, f"sets {k}={d[k]!r} but {flag} is {getattr(cfg, field)!r}: set it with {flag} instead")
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     "Check a config's run options and its method's (not the data's presence); raises `ConfigError` with one line naming the flag."
@@ -181,7 +203,21 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.device is not None:
         try: dev = torch.device(cfg.device)
         except (RuntimeError, ValueError): raise bad_option('device', cfg.device, "is not a device; use cpu, cuda, cuda:N or mps") from None
-        if dev.type == 'cuda' and not torch.cuda.is_available(): raise bad_option('device', cfg.device, "but no CUDA GPU is visible to torch")
+        if dev.type not in ('cpu', 'cuda', 'mps'): raise bad_option('device', cfg.device, "is not supported; use cpu, cuda, cuda:N or mps")
+        if dev.type == 'cuda' and not torch.cuda.is_available(): raise bad_option('device', cfg.device, "but no CUDA GPU is visible to torch; use --device cpu")
+        if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise bad_option('device', cfg.device, f"but torch sees {torch.cuda.device_count()} GPU(s)")
+        if dev.type == 'mps' and not torch.backends.mps.is_available(): raise bad_option('device', cfg.device, "but this torch has no MPS (Apple GPU); use --device cpu")
+    _check_kwargs(cfg)
+    own = {f.name for f in fields(method.Config)} if method.Config is not None else set()
+    crops = [('global_size', cfg.global_size)] + ([('local_size', cfg.local_size)] if 'n_local' in own and cfg.n_local else [])
+    if crops[1:] and cfg.local_size > cfg.global_size:
+        raise bad_option('local_size', cfg.local_size, f"is larger than --global-size {cfg.global_size}: local crops are the small views; make it smaller")
+    if cfg.arch in OUR_ARCHS:
+        for name, size in crops:
+            if size < cfg.patch_size or size % cfg.patch_size:
+                raise bad_option(name, size, f"must be a multiple of --patch-size {cfg.patch_size} (the ViT cuts crops into {cfg.patch_size} px "
+                                 f"patches, so the patch size must divide the crop size); e.g. {max(size // cfg.patch_size, 1) * cfg.patch_size}")
     if cfg.data == 'shapes' and cfg.aug == 'per-image':
         raise bad_option('aug', cfg.aug, "the built-in shapes stream is augmented in batches; use --aug batched (or auto)")
     if cfg.data not in KNOWN_DATASETS and not Path(cfg.data).expanduser().exists():
@@ -343,6 +379,10 @@ def knn_bank(cfg: TrainConfig, device=None) -> KNNEvaluator:
             train, test = torch.utils.data.Subset(ds, perm[k:]), torch.utils.data.Subset(ds, perm[:k])
         else: train, test = _get_dataset(cfg, tr_split, tf), _get_dataset(cfg, te_split, tf)
         train, test = _subset(train, cfg.knn_train, KNN_TRAIN_SEED), _subset(test, cfg.knn_test, KNN_TEST_SEED)
+    classes = getattr(getattr(train, 'dataset', train), 'classes', None)
+    if classes is not None and len(classes) < 2:
+        warnings.warn(f"--data {cfg.data} has one class ({classes[0]}): the kNN monitor's accuracy is 100% whatever the features, "
+                      "so it says nothing; give a labelled folder with class subfolders (or a val/ split) to measure learning", stacklevel=2)
     return KNNEvaluator(train, test, cfg.knn_k, cfg.knn_t, device=device)
 
 # %% ../nbs/05b_train.ipynb #5aea6411
@@ -366,6 +406,63 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = get_params_groups(model)
     return torch.optim.AdamW(groups) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=0., momentum=0.9)
 
+def check_run_directory(cfg: TrainConfig) -> Path:
+    """The run directory, refused up front (`ConfigError` naming --out) when it is a file, lies under a file, or
+    cannot be written; nothing is created here."""
+    d = run_directory(cfg)
+    if d.exists() and not d.is_dir(): raise bad_option('out', str(d), "is a file, not a folder: pass a folder for the run (it is created if missing)")
+    p = d
+    while not p.exists(): p = p.parent
+    if not p.is_dir(): raise bad_option('out', str(d), f"lies under {p}, which is a file: pass a folder path")
+    if not os.access(p, os.W_OK | os.X_OK): raise bad_option('out', str(d), f"cannot be written ({p} is not writable): pass a folder you can write to")
+    return d
+
+class RunLock:
+    """`<run dir>/.lock` while a run trains there (rank 0), so that two runs started on the same --out do not overwrite
+    each other. A lock whose process is gone (same host) is stale and taken over; the lock is removed at the end."""
+    def __init__(self, run_dir: str | Path): self.dir = Path(run_dir); self.path = self.dir / '.lock'
+    def holder(self) -> dict | None:
+        "The live holder of the lock ({'pid', 'host', 'started'}), or None."
+        try: h = json.loads(self.path.read_text()); pid = int(h['pid'])
+        except (OSError, ValueError, KeyError, TypeError): return None
+        if h.get('host') != socket.gethostname(): return h              # another machine: we cannot tell, so it is held
+        if pid == os.getpid(): return None
+        try: os.kill(pid, 0)
+        except ProcessLookupError: return None
+        except PermissionError: pass
+        return h
+    def __enter__(self):
+        self.created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                h = self.holder()
+                if h is not None:
+                    raise ConfigError(f"--out {self.dir} is in use by process {h['pid']} on {h['host']} (started {time.ctime(h.get('started', 0))}): "
+                                      f"wait for it or stop it, or use another --out (if no such run is alive, delete {self.path})")
+                self.path.unlink(missing_ok=True); continue              # stale: its process is gone
+            with os.fdopen(fd, 'w') as f: json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time()}, f)
+            return self
+        raise ConfigError(f"--out {self.dir}: could not take the lock {self.path}; delete it if no run is using this directory")
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        if self.created and not any(self.dir.iterdir()): self.dir.rmdir()    # refused before anything was written: no trace
+
+def data_classes(cfg: TrainConfig) -> list[str] | None:
+    "The class folders of a folder dataset (its train split), recorded in the checkpoint; None for the named datasets."
+    if cfg.data in KNOWN_DATASETS: return None
+    root = Path(cfg.data).expanduser()
+    folder = root / _splits(cfg.data)[0] if (root / _splits(cfg.data)[0]).is_dir() else root
+    try: return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+    except OSError: return None
+
+class RecordChanges(Callback):
+    "Put the options changed on resume (`--allow-changes`) into the first log entry after it."
+    def __init__(self, changed: list[str]): self.changed = changed
+    def period_entry(self, t, e: dict) -> None:
+        if self.changed: e['changed'] = self.changed; self.changed = []
+
 def run_directory(cfg: TrainConfig) -> Path:
     "`--out`, or `runs/<method>-<data>-<arch>`: the same command finds the same directory (and resumes)."
     if cfg.out: return Path(cfg.out).expanduser().absolute()
@@ -384,7 +481,7 @@ def shapes_jaccard(cfg: TrainConfig, device=None):
 # %% ../nbs/05b_train.ipynb #1cac85cd
 def make_trainer(cfg: TrainConfig, env: DistEnv | None = None, device: torch.device | None = None,
                  evaluator: KNNEvaluator | None = None, verbose: bool = True, time_budget: bool = False,
-                 resume: dict | None = None, init_knn: float | None = None) -> Trainer:
+                 resume: dict | None = None, init_knn: float | None = None, changed: Sequence[str] = ()) -> Trainer:
     """A `Trainer` for `METHODS[cfg.method]` as `cfg` describes, with the course's callbacks: checkpoints in the run
     directory (from `resume`, a `load_checkpoint` dict), the non-finite guard, the kNN monitor (and the attention
     Jaccard on shapes), the log, figures, the progress bar, Ctrl-C, `stop_at_step` and `minutes` (`time_budget`: the
@@ -405,11 +502,13 @@ def make_trainer(cfg: TrainConfig, env: DistEnv | None = None, device: torch.dev
     wd = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, epochs, niter)
     if env.is_main and evaluator is None: evaluator = knn_bank(cfg, device)
     run_dir = run_directory(cfg)
-    callbacks = [Checkpoint(run_dir, cfg.to_dict(), resume), NonFiniteGuard(), Log(run_dir, verbose), ProgressBar(), CtrlC(),
+    callbacks = [Checkpoint(run_dir, cfg.to_dict(), resume, extra={'data_classes': data_classes(cfg)}), NonFiniteGuard(),
+                 Log(run_dir, verbose), ProgressBar(), CtrlC(), RecordChanges(list(changed)),
                  KNNMonitor(evaluator, cfg.eval_every, shapes_jaccard(cfg, device) if env.is_main else None, init_knn),
                  *method.callbacks()]
     if cfg.figures: callbacks.append(Figures(run_dir, evaluator))
     if cfg.stop_at_step: callbacks.append(StepLimit(cfg.stop_at_step))
+    if cfg.checkpoint_every: callbacks.append(CheckpointEvery(cfg.checkpoint_every))
     if cfg.minutes: callbacks.append(TimeBudget(cfg.minutes, schedules=time_budget))
     return Trainer(method, batches, make_optimizer(cfg, method.student), lr, wd, epochs, callbacks, env, device,
                    amp_dtype(device, cfg.amp), cfg.clip_grad)           # bf16 on CUDA and on CPUs with native bf16
@@ -445,40 +544,75 @@ def train(cfg: TrainConfig | None = None, verbose: bool = True, **overrides) -> 
     Under `torchrun` every process calls it; rank 0 writes the run directory.
     With `minutes` and no `epochs` the run is a time budget: it stops at the budget whatever the speed."""
     cfg = validate_config(replace(cfg or TrainConfig(), **overrides))
+    check_run_directory(cfg)
     started = time.time()
     env, device = init_distributed(cfg.device)
+    lock = RunLock(run_directory(cfg)) if env.is_main else contextlib.nullcontext()
     try:
-        path = run_directory(cfg) / CHECKPOINT
-        ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
-        if ckpt is not None:
-            diff = config_differences(ckpt['config'], cfg.to_dict(), RUN_FIELDS)
-            if diff: raise ResumeError(f"{path} was written by a different configuration ({'; '.join(diff)}). Use a new --out "
-                                       "for a separate run, or --no-resume to start over here (the old checkpoint is kept under another name).")
-        # a time budget: --minutes without --epochs at the start; a resumed run keeps what it started as
-        time_budget = bool(ckpt.get('time_budget')) if ckpt is not None and cfg.epochs is None else (cfg.epochs is None and cfg.minutes is not None)
-        if time_budget and ckpt is not None:
-            if ckpt.get('progress', 0.) >= 1:
-                done = run_directory(cfg) / 'metrics.json'
-                if verbose and env.is_main: print(f"{run_directory(cfg)} already used its whole time budget; its results are in {done}. "
-                                                  "Use a new --out (or --no-resume) to train again.")
-                if done.exists(): return json.loads(done.read_text())
-            if not cfg.minutes:
-                raise ConfigError(f"{path}: this run's schedules follow a time budget ({100 * ckpt.get('progress', 0.):.0f}% used); "
-                                  "pass --minutes M to continue it over M more minutes")
-        evaluator = knn_bank(cfg, device) if env.is_main else None
-        knn0 = None
-        if cfg.epochs is None:
-            if ckpt is not None: epochs = ckpt['config']['epochs']
-            elif cfg.minutes: epochs, knn0 = calibrate_epochs(cfg, env, device, evaluator, started)
-            else: epochs = DEFAULT_EPOCHS
-            cfg = replace(cfg, epochs=epochs)
-        elif ckpt is not None and ckpt['config']['epochs'] != cfg.epochs and verbose and env.is_main:
-            print(f"Note: the schedules change from {ckpt['config']['epochs']} to {cfg.epochs} epochs")
-        trainer = make_trainer(cfg, env, device, evaluator, verbose, time_budget, ckpt, knn0)
-        if verbose and env.is_main and ckpt is None: print(f"Run directory: {run_directory(cfg)}", flush=True)
-        return trainer.fit(started)
+        with lock: return _train(cfg, env, device, started, verbose)
     finally:
         if env.owns_group: dist.destroy_process_group()
+
+def _resume_checks(cfg: TrainConfig, ckpt: dict, path: Path, is_main: bool) -> list[str]:
+    """Refuse a checkpoint written by another configuration or on other data; with --allow-changes accept changed
+    optimisation options (returned, to be logged). Puts back a `config.json` edited by hand (kept aside, with a note)."""
+    diff = config_differences(ckpt['config'], cfg.to_dict(), RUN_FIELDS)
+    changed = [d for d in diff if d.split(':')[0] in CHANGEABLE_FIELDS] if cfg.allow_changes else []
+    rest = [d for d in diff if d not in changed]
+    if rest:
+        allowed = f" (--allow-changes lets only these change: {', '.join(CHANGEABLE_FIELDS)})" if cfg.allow_changes else (
+                   " To resume with other optimisation options (lr, warm-up, ...), add --allow-changes." if all(
+                       d.split(':')[0] in CHANGEABLE_FIELDS for d in rest) else '')
+        raise ResumeError(f"{path} was written by a different configuration ({'; '.join(rest)}). Use a new --out for a separate run, "
+                          f"or --no-resume to start over here (the old checkpoint is kept under another name).{allowed}")
+    saved, now = ckpt.get('data_classes'), data_classes(cfg)
+    if saved is not None and now is not None and saved != now:
+        added, gone = sorted(set(now) - set(saved)), sorted(set(saved) - set(now))
+        raise ResumeError(f"--data {cfg.data} changed since this run started (classes added: {', '.join(added) or 'none'}; removed: "
+                          f"{', '.join(gone) or 'none'}); its checkpoint and kNN curve are for the old classes. Use a new --out, or --no-resume.")
+    cj = path.parent / 'config.json'
+    if is_main and cj.exists():
+        try: on_disk = json.loads(cj.read_text())
+        except (OSError, ValueError): on_disk = {}
+        edits = config_differences(ckpt['config'], on_disk if isinstance(on_disk, dict) else {}, RUN_FIELDS)
+        if edits or changed:
+            if edits:
+                kept = cj.with_name(f"config.edited-{time.strftime('%Y%m%d-%H%M%S')}.json")
+                os.replace(cj, kept)
+                print(f"note: {cj} was edited ({'; '.join(edits[:3])}), but a run resumes with the options it was started with; the "
+                      f"edit is kept as {kept.name}. To train with it: --config {kept} --out NEW_DIR", file=sys.stderr)
+            atomic_save(json.dumps({**ckpt['config'], **{k: v for k, v in cfg.to_dict().items() if k in CHANGEABLE_FIELDS}}, indent=1),
+                        cj, writer=write_text)
+    if changed and is_main: print(f"note: resuming {path.parent} with changed options ({'; '.join(changed)}); logged in log.jsonl", file=sys.stderr)
+    return changed
+
+def _train(cfg: TrainConfig, env, device, started: float, verbose: bool) -> dict:
+    path = run_directory(cfg) / CHECKPOINT
+    ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
+    changed = _resume_checks(cfg, ckpt, path, env.is_main) if ckpt is not None else []
+    # a time budget: --minutes without --epochs at the start; a resumed run keeps what it started as
+    time_budget = bool(ckpt.get('time_budget')) if ckpt is not None and cfg.epochs is None else (cfg.epochs is None and cfg.minutes is not None)
+    if time_budget and ckpt is not None:
+        if ckpt.get('progress', 0.) >= 1:
+            done = run_directory(cfg) / 'metrics.json'
+            if verbose and env.is_main: print(f"{run_directory(cfg)} already used its whole time budget; its results are in {done}. "
+                                              "Use a new --out (or --no-resume) to train again.")
+            if done.exists(): return json.loads(done.read_text())
+        if not cfg.minutes:
+            raise ConfigError(f"{path}: this run's schedules follow a time budget ({100 * ckpt.get('progress', 0.):.0f}% used); "
+                              "pass --minutes M to continue it over M more minutes")
+    evaluator = knn_bank(cfg, device) if env.is_main else None
+    knn0 = None
+    if cfg.epochs is None:
+        if ckpt is not None: epochs = ckpt['config']['epochs']
+        elif cfg.minutes: epochs, knn0 = calibrate_epochs(cfg, env, device, evaluator, started)
+        else: epochs = DEFAULT_EPOCHS
+        cfg = replace(cfg, epochs=epochs)
+    elif ckpt is not None and ckpt['config']['epochs'] != cfg.epochs and verbose and env.is_main:
+        print(f"Note: the schedules change from {ckpt['config']['epochs']} to {cfg.epochs} epochs")
+    trainer = make_trainer(cfg, env, device, evaluator, verbose, time_budget, ckpt, knn0, changed)
+    if verbose and env.is_main and ckpt is None: print(f"Run directory: {run_directory(cfg)}", flush=True)
+    return trainer.fit(started)
 
 # %% ../nbs/05b_train.ipynb #3b099820
 def _models_dir() -> Path:
