@@ -338,6 +338,8 @@ def load_backbone(weights: str, root=None, download: bool = True, seed: int = 0)
         if rand: torch.manual_seed(seed); return PRETRAINED[name].build().eval(), 480
         try: return pretrained_model(name, root, download), 480
         except (DownloadError, FileNotFoundError) as e: raise ConfigError(str(e)) from None
+        except CheckpointError as e:
+            raise ConfigError(f"{name}: {e} Delete {weights_dir(root) / PRETRAINED[name].filename} and run again to download it anew.") from None
     run = Path(name).expanduser()
     if run.is_dir() and (run / 'config.json').is_file() and (run / 'backbone.pth').is_file():
         cfg = TrainConfig.from_dict(json.loads((run / 'config.json').read_text()))
@@ -410,6 +412,8 @@ def attention_command(images: Sequence[str], weights: str = 'dino_vit_conv_shape
     pics = [read_image(p) for p in images]                          # fail on a bad file before loading any weights
     backbone, natural = load_backbone(weights, root)
     if not hasattr(backbone, 'cls_attention_maps'): raise ConfigError(f"--weights {weights}: not a ViT; attention maps need one")
+    try: Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ConfigError(f"--out {out}: cannot create it ({e.strerror or e})") from None
     from PIL import Image
     written = []
     for p, img in zip(images, pics):

@@ -261,3 +261,17 @@ def test_module_entry_point_sees_the_commands():
     r = subprocess.run([sys.executable, '-m', 'dino_course.cli', 'segment-eval', '--help'], capture_output=True, text=True,
                        timeout=180, env={**os.environ, 'PYTHONPATH': str(root)})
     assert r.returncode == 0 and '--data' in r.stdout, r.stderr
+
+def test_cli_bad_weights_file_and_out(tmp_path, capsys, monkeypatch):
+    "A corrupt official file already in place, and an --out that cannot be created: one line, exit code 2."
+    monkeypatch.setenv('DINO_COURSE_DATA', str(tmp_path / 'data'))
+    (tmp_path / 'data' / 'weights').mkdir(parents=True)
+    (tmp_path / 'data' / 'weights' / PRETRAINED['dino_vits16'].filename).write_bytes(b'truncated download')
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'ok.png')
+    (tmp_path / 'file').write_text('x')
+    for argv, msg in ((['attention', str(tmp_path / 'ok.png'), '--weights', 'dino_vits16'], 'download it anew'),
+                      (['attention', str(tmp_path / 'ok.png'), '--out', str(tmp_path / 'file' / 'sub')], 'cannot create it')):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
