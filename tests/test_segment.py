@@ -155,7 +155,10 @@ def test_official_registry_layout():
                                                        'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias',
                                                        'mlp.fc2.weight', 'mlp.fc2.bias')}
     assert set(sd) == official and sd['pos_embed'].shape == (1, 785, 384) and sd['patch_embed.proj.weight'].shape == (384, 3, 8, 8)
-    assert 'fc.weight' not in PRETRAINED['dino_resnet50'].build().state_dict()          # the release has no fc either
+    import torchvision                                  # hubconf's dino_resnet50: torchvision's resnet50 with fc = Identity
+    tv = torchvision.models.resnet50(); tv.fc = torch.nn.Identity()
+    ours = PRETRAINED['dino_resnet50'].build().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in tv.state_dict().items()}
 
 def test_load_pretrained_by_name_over_http(server, tmp_path, monkeypatch):
     served, base, hits = server
