@@ -96,7 +96,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {}
 # Modules of later lessons that add commands (or methods) when imported. The CLI imports them only when it builds its
 # parser: the lessons come after this one, and importing them at the top would make lesson 05c depend on them.
-COMMAND_MODULES: list[str] = ['dino_course.experiments', 'dino_course.bench', 'dino_course.site']
+COMMAND_MODULES: list[str] = ['dino_course.experiments', 'dino_course.segment', 'dino_course.bench', 'dino_course.site']
 
 def register_command(name: str, help: str, add_arguments, run, description: str | None = None) -> None:
     """Add `dino-course NAME`: a module lists itself in `COMMAND_MODULES` and calls this when imported. `run(args)`
@@ -197,4 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # %% ../nbs/05c_cli.ipynb #4c026896
 #| eval: false
-if __name__ == '__main__': sys.exit(main())     # `python -m dino_course.cli ...`, e.g. under torchrun
+if __name__ == '__main__':      # `python -m dino_course.cli ...`, e.g. under torchrun. Run the imported module's main:
+    from dino_course.cli import main as _main    # later lessons register their commands there, not in __main__
+    sys.exit(_main())

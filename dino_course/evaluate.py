@@ -176,19 +176,26 @@ def attention_maps(backbone: nn.Module, images: Tensor, device=None) -> Tensor |
     finally: backbone.train(was)
 
 def mass_masks(maps: Tensor, threshold: float = 0.6) -> Tensor:
-    """Boolean masks `(B, h, w)` of the smallest set of patches holding `threshold` of each map's attention mass
-    (DINO's `visualize_attention.py`: sort, cumulative sum, keep the top until the mass is reached)."""
-    flat = maps.flatten(1).float()
-    flat = flat / flat.sum(1, keepdim=True).clamp_min(1e-12)                   # (B, h*w), each row sums to 1
-    vals, idx = flat.sort(1, descending=True)
-    keep_sorted = vals.cumsum(1) - vals < threshold                            # patches needed before the mass is reached
-    keep = torch.zeros_like(keep_sorted).scatter_(1, idx, keep_sorted)
+    """Boolean masks of the smallest set of pixels (patches) holding `threshold` of each map's attention mass
+    (DINO's `visualize_attention.py`: sort, cumulative sum, keep the top until the mass is reached). `maps`: `(..., h, w)`,
+    non-negative, e.g. `(B, h, w)` or `(B, heads, h, w)`; each trailing `(h, w)` map is thresholded on its own."""
+    flat = maps.flatten(-2).float()
+    flat = flat / flat.sum(-1, keepdim=True).clamp_min(1e-12)                  # (..., h*w), each map sums to 1
+    vals, idx = flat.sort(-1, descending=True)
+    keep_sorted = vals.cumsum(-1) - vals < threshold                           # pixels needed before the mass is reached
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, idx, keep_sorted)
     return keep.view_as(maps)
 
-def jaccard(pred: Tensor, target: Tensor) -> Tensor:
-    "Jaccard index |A and B| / |A or B| of boolean masks, one per image: `(B, H, W)` pairs -> `(B,)` (1 when both are empty)."
-    pred, target = pred.flatten(1).bool(), target.flatten(1).bool()
-    inter, union = (pred & target).sum(1).float(), (pred | target).sum(1).float()
+def jaccard(pred: Tensor, target: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """Jaccard index |A and B| / |A or B| of boolean masks `(..., H, W)` -> `(...)`, one value per mask (1 when both are
+    empty); the shapes broadcast, e.g. per-head masks `(B, heads, H, W)` against targets `(B, 1, H, W)`. Pixels where
+    `ignore` is True (e.g. VOC's void border) count for neither."""
+    pred, target = torch.broadcast_tensors(pred.bool(), target.bool())
+    if ignore is not None:
+        valid = ~torch.broadcast_to(ignore.bool(), pred.shape)
+        pred, target = pred & valid, target & valid
+    pred, target = pred.flatten(-2), target.flatten(-2)
+    inter, union = (pred & target).sum(-1).float(), (pred | target).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 SEG_SEED = 10**9 + 11
