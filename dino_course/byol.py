@@ -4,16 +4,20 @@
 
 # %% ../nbs/04_byol.ipynb #c451aa0a
 from __future__ import annotations
-import math, shlex
+import json, math, shlex
 from dataclasses import dataclass
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from .augment import eval_transform
+from .data import get_dataset
+from .evaluate import extract_features, linear_probe
 from .learner import SSLMethod, option
 from .ssl import Encoder, SimCLRMethod, momentum_encoder, ema_update, momentum_at, mlp, _check_ranges
 
 # %% auto #0
-__all__ = ['byol_loss', 'output_std', 'BYOLConfig', 'Online', 'BYOLMethod']
+__all__ = ['BYOL_STL10', 'byol_loss', 'output_std', 'BYOLConfig', 'Online', 'BYOLMethod', 'preset_command', 'logistic_probe',
+           'stl10_probe']
 
 # %% ../nbs/04_byol.ipynb #d6590990
 def byol_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
@@ -88,3 +92,39 @@ class BYOLMethod(SSLMethod):
 
     def after_step(self, step): ema_update(self.student.encoder, self.target, self.tau(step))
     def logged(self, step): return {'tau': self.tau(step)}
+
+# %% ../nbs/04_byol.ipynb #b45c6e41
+# The report's recipe (section 4.1). What the report does not say is the course's choice, marked "not in the report".
+BYOL_STL10 = dict(
+    method='byol', data='stl10', arch='resnet18',
+    hidden_dim=128, bottleneck_dim=128,           # the report's MLP: hidden 128, out 128 (used for the projector and the predictor)
+    optimizer='sgd', lr=0.03, scale_lr=False, min_lr=0.03, warmup_epochs=0,    # SGD lr 0.03 (momentum 0.9: `make_optimizer`), constant
+    weight_decay=4e-4, weight_decay_end=4e-4, epochs=15,
+    batch_size=256, global_size=96, global_scale=(0.08, 1.0),   # not in the report: BYOL's crops at STL-10's 96 px, batch 256
+    blur=1.0, solarize=0.2, channel_shuffle=0.0, clip_grad=0.0,  # not in the report: BYOL's augmentations, no clipping
+    byol_tau=0.996, byol_tau_end=1.0)             # not in the report: BYOL's target schedule
+
+def preset_command(preset: dict, out: str | None = None) -> str:
+    "The `dino-course train` command line of a preset (a dict of `TrainConfig` fields), e.g. to paste into a shell."
+    args = ['dino-course', 'train']
+    for k, v in {**preset, **({'out': out} if out else {})}.items():
+        flag = '--' + k.replace('_', '-')
+        if isinstance(v, bool): args.append(flag if v else '--no-' + k.replace('_', '-'))
+        elif isinstance(v, (tuple, list)): args += [flag, *map(str, v)]
+        elif isinstance(v, dict): args += [flag, json.dumps(v)]
+        else: args += [flag, str(v)]
+    return shlex.join(args)
+
+def logistic_probe(backbone: nn.Module, train, test, device=None, batch_size: int = 256) -> float:
+    """The report's probe: scikit-learn logistic regression (`linear_probe`, lesson 02b) on the frozen features of
+    `train` (an `(images, labels)` pair or a labelled dataset), top-1 (%) on `test`."""
+    Xtr, ytr = extract_features(backbone, train, batch_size, device)
+    Xte, yte = extract_features(backbone, test, batch_size, device)
+    return linear_probe(Xtr, ytr, Xte, yte)
+
+def stl10_probe(backbone: nn.Module, root=None, size: int = 96, device=None) -> float:
+    "`logistic_probe` on STL-10 as the report: fit on the 5,000 labelled train images, top-1 (%) on the 8,000 test images."
+    tf = eval_transform(size)
+    return logistic_probe(backbone, get_dataset('stl10', split='train', root=root, transform=tf),
+                          get_dataset('stl10', split='test', root=root, transform=tf), device)
+
