@@ -6,17 +6,19 @@
 from __future__ import annotations
 import copy, math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import torch.distributed as dist
+from .data import make_shapes
 from .augment import BatchMultiCrop, MultiCropAugmentation
 from .learner import SSLMethod, option, bad_option, make_augmentation
 
 # %% auto #0
 __all__ = ['nt_xent', 'SimCLRConfig', 'Encoder', 'SimCLRMethod', 'momentum_encoder', 'ema_update', 'momentum_at', 'info_nce',
-           'KeyQueue', 'MoCoConfig', 'mlp', 'MoCoMethod', 'vicreg_terms', 'vicreg_loss', 'VICRegConfig', 'VICRegMethod']
+           'KeyQueue', 'MoCoConfig', 'mlp', 'MoCoMethod', 'vicreg_terms', 'vicreg_loss', 'VICRegConfig', 'VICRegMethod',
+           'short_run']
 
 # %% ../nbs/03_ssl_families.ipynb #6af3a958
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
@@ -147,9 +149,11 @@ def mlp(dims: Sequence[int], last_bn: bool = False) -> nn.Sequential:
 class MoCoMethod(SSLMethod):
     """MoCo v2: a query encoder (backbone + MLP projector, trained), a key encoder (its EMA, `moco_momentum` rising to
     `moco_momentum_end` on a cosine), and InfoNCE against a queue of `queue_size` keys of earlier batches. Symmetrised:
-    each view is the query of the other's key; both views' keys are enqueued after the step."""
+    each view is the query of the other's key; both views' keys are enqueued after the step. Keys are computed in
+    shuffled groups (`keys`: MoCo's shuffling BN)."""
     Config = MoCoConfig
     log_names = {'positive_cos': 'cos+'}
+    shuffle_groups = 2
     def __init__(self, cfg, backbone: nn.Module, epochs: int, niter_per_ep: int):
         super().__init__(cfg, backbone, epochs, niter_per_ep)
         self.student = Encoder(backbone, mlp([backbone.embed_dim, cfg.hidden_dim, cfg.bottleneck_dim]))
@@ -167,12 +171,22 @@ class MoCoMethod(SSLMethod):
 
     def training_step(self, views, step):
         q1, q2 = self.student_forward(views[:2]).chunk(2)
-        with torch.no_grad(): k1, k2 = self.key_encoder(views[:2]).chunk(2)
+        with torch.no_grad(): k1, k2 = self.keys(torch.cat(list(views[:2])), step).chunk(2)
         negatives, T = self.queue.keys.clone(), self.cfg.moco_temperature
         loss = (info_nce(q1, k2, negatives, T) + info_nce(q2, k1, negatives, T)) / 2
         self._keys = torch.cat([k1, k2])                     # enqueued after the optimiser step (`after_step`)
         with torch.no_grad(): pos = F.cosine_similarity(torch.cat([q1, q2]).float(), torch.cat([k2, k1]).float()).mean()
         return loss, {'positive_cos': pos}
+
+    def keys(self, x: Tensor, step: int) -> Tensor:
+        """The key encoder's outputs of `x`, computed in `shuffle_groups` random groups (MoCo's shuffling BN on one process):
+        BatchNorm then normalises each key with statistics of other images than its query's, so the positive key cannot
+        be recognised by the statistics it shares with its query (a shortcut the queue's keys, from other batches, lack)."""
+        n = min(self.shuffle_groups, len(x))
+        if n <= 1: return self.key_encoder(x)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(step)).to(x.device)   # reproducible on resume
+        out = torch.cat([self.key_encoder(chunk) for chunk in x[perm].chunk(n)])
+        return out[torch.argsort(perm)]
 
     def momentum(self, step: int) -> float:
         return momentum_at(step, self.epochs * self.niter_per_ep, self.cfg.moco_momentum, self.cfg.moco_momentum_end)
@@ -234,3 +248,29 @@ class VICRegMethod(SSLMethod):
         c = self.cfg
         return c.vicreg_sim_coeff * inv + c.vicreg_std_coeff * var + c.vicreg_cov_coeff * cov, \
                {'invariance': inv.detach(), 'variance': var.detach(), 'covariance': cov.detach()}
+
+# %% ../nbs/03_ssl_families.ipynb #afaa442a
+def short_run(method: SSLMethod, steps: int, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.04,
+              optimizer: str = 'adamw', evaluate: Callable | None = None, every: int = 0, seed: int = 0,
+              augment: nn.Module | None = None) -> list[dict]:
+    """Train `method` for `steps` steps on fresh built-in shapes (32 px, two views with the course's default crops),
+    at a constant learning rate, without lesson 05b's run machinery (checkpoints, budget, logs): the lessons' short
+    experiments. Returns one entry per step (`loss` and the method's statistics) after a step-0 entry; with
+    `evaluate(backbone) -> kNN %`, `knn` at step 0, every `every` steps and at the end."""
+    aug = augment or BatchMultiCrop(global_size=32, global_scale=(0.3, 1.0), n_local=0, blur=(0., 0., 0.), p_solarize=0.,
+                                    p_channel_shuffle=0.5)
+    params = [p for p in method.student.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(params, lr, weight_decay=weight_decay) if optimizer == 'adamw' else
+           torch.optim.SGD(params, lr, momentum=0.9, weight_decay=weight_decay))
+    g = torch.Generator().manual_seed(seed)
+    log = [{'step': 0, **({'knn': evaluate(method.eval_backbone())} if evaluate else {})}]
+    for s in range(steps):
+        images = torch.from_numpy(make_shapes(batch_size, 32, seed=1_000_003 * (seed + 1) + s)[0]).permute(0, 3, 1, 2)
+        method.train()
+        loss, stats = method.training_step(aug(images, generator=g), s)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); method.after_step(s)
+        e = {'step': s + 1, 'loss': loss.item(), **{k: float(v) for k, v in stats.items()}}
+        if evaluate and (s + 1 == steps or (every and (s + 1) % every == 0)): e['knn'] = evaluate(method.eval_backbone())
+        log.append(e)
+    return log
+

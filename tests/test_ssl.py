@@ -72,7 +72,7 @@ def test_moco_step_momentum_update_and_enqueue():
     queue0 = moco.queue.keys.clone()
     loss, stats = moco.training_step([x1, x2], 3)
     with torch.no_grad():
-        q1, q2 = moco.student([x1, x2]).chunk(2); k1, k2 = moco.key_encoder([x1, x2]).chunk(2)
+        q1, q2 = moco.student([x1, x2]).chunk(2); k1, k2 = moco.keys(torch.cat([x1, x2]), 3).chunk(2)
     torch.testing.assert_close(loss, (info_nce(q1, k2, queue0, 0.2) + info_nce(q2, k1, queue0, 0.2)) / 2, atol=1e-6, rtol=1e-6)
     opt = torch.optim.SGD(moco.student.parameters(), lr=0.5)
     opt.zero_grad(); loss.backward()
@@ -87,6 +87,21 @@ def test_moco_step_momentum_update_and_enqueue():
     assert moco.queue.ptr.item() == 16
     torch.testing.assert_close(moco.queue.keys[:16], F.normalize(torch.cat([k1, k2]), dim=1), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(moco.queue.keys[16:], queue0[16:])
+
+
+def test_moco_keys_are_computed_in_shuffled_groups():
+    "Shuffling BN: keys from random groups, returned in the batch's order; the same step gives the same groups (resume)."
+    moco = _moco()
+    x = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        grouped, again = moco.keys(x, 5), moco.keys(x, 5)
+        torch.testing.assert_close(grouped, again)
+        perm = torch.randperm(16, generator=torch.Generator().manual_seed(5))
+        halves = torch.cat([moco.key_encoder(c) for c in x[perm].chunk(2)])
+        torch.testing.assert_close(grouped[perm], halves)
+        assert not torch.allclose(grouped, moco.key_encoder(x), atol=1e-4)        # whole-batch BatchNorm gives other keys
+        moco.shuffle_groups = 1
+        torch.testing.assert_close(moco.keys(x, 5), moco.key_encoder(x))
 
 
 def test_momentum_schedule_and_ema():
