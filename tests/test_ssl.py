@@ -184,3 +184,15 @@ def test_cli_trains_each_method(tmp_path, method):
     h = subprocess.run(['dino-course', 'train', '--method', method, '--help'], capture_output=True, text=True, timeout=120).stdout
     own = {'simclr': '--bottleneck-dim', 'moco': '--queue-size', 'vicreg': '--vicreg-sim-coeff'}[method]
     assert own in h and '--teacher-temp' not in h and '--byol-tau' not in h
+
+
+def test_moco_under_two_processes_enqueues_the_global_batch(tmp_path):
+    """Under `torchrun` (two gloo processes here) each process enqueues the keys of the whole global batch, so the
+    queue advances by 2 views x the global batch per step; rank 0's checkpoint holds it."""
+    from test_train import _ddp_worker, _free_port, TINY
+    cfg = tiny(tmp_path, 'two', method='moco', n_local=0, queue_size=200, epochs=1, steps_per_epoch=3, device='cpu', amp='none')
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), cfg), nprocs=2, join=True)
+    ck = load_checkpoint(tmp_path / 'two' / CHECKPOINT)
+    assert ck['queue']['ptr'].item() == 3 * 2 * TINY['batch_size']
+    m = json.loads((tmp_path / 'two' / 'metrics.json').read_text())
+    assert m['world_size'] == 2
