@@ -196,3 +196,16 @@ def test_moco_under_two_processes_enqueues_the_global_batch(tmp_path):
     assert ck['queue']['ptr'].item() == 3 * 2 * TINY['batch_size']
     m = json.loads((tmp_path / 'two' / 'metrics.json').read_text())
     assert m['world_size'] == 2
+
+
+def test_short_run_logs_every_step_and_the_knn():
+    "`short_run`: one entry per step (loss and the method's statistics) after step 0, kNN at 0, every `every` and at the end."
+    from dino_course.ssl import short_run, SimCLRMethod
+    torch.manual_seed(0)
+    m = MoCoMethod(SimpleNamespace(hidden_dim=16, bottleneck_dim=8, queue_size=32, moco_temperature=0.2, moco_momentum=0.9,
+                                   moco_momentum_end=0.99), VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2), 1, 3)
+    calls = []
+    log = short_run(m, 3, batch_size=8, evaluate=lambda b: calls.append(b) or 50., every=2)
+    assert [e['step'] for e in log] == [0, 1, 2, 3] and all('positive_cos' in e and math.isfinite(e['loss']) for e in log[1:])
+    assert [e['step'] for e in log if 'knn' in e] == [0, 2, 3] and all(b is m.eval_backbone() for b in calls)
+    assert m.queue.ptr.item() == 3 * 16 % 32
