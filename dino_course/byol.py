@@ -38,11 +38,11 @@ class BYOLConfig:
     "BYOL's own options: the flags of `dino-course train --method byol` besides the run's."
     hidden_dim: int = option(512, "width of the projector's and the predictor's hidden layers", 'head')
     bottleneck_dim: int = option(64, "output width of the projector and the predictor (the loss compares these)", 'head')
-    byol_tau: float = option(0.99, "EMA rate tau of the target network at the start (cosine schedule to --byol-tau-end)", 'loss')
-    byol_tau_end: float = option(1.0, "EMA rate tau of the target at the end", 'loss')
-    byol_predictor: bool = option(True, "the online network's predictor q (--no-byol-predictor: the ablation that collapses)", 'loss')
+    byol_tau: float = option(0.99, "EMA rate tau of the target network at the start (cosine schedule to --byol-tau-end)", 'BYOL target and ablations')
+    byol_tau_end: float = option(1.0, "EMA rate tau of the target at the end", 'BYOL target and ablations')
+    byol_predictor: bool = option(True, "the online network's predictor q (--no-byol-predictor: the ablation that collapses)", 'BYOL target and ablations')
     byol_stop_gradient: bool = option(True, "targets from the EMA network without gradient (--no-byol-stop-gradient: the online "
-                                      "network's own projections, with gradient: the ablation that collapses)", 'loss')
+                                      "network's own projections, with gradient: the ablation that collapses)", 'BYOL target and ablations')
 
 class Online(nn.Module):
     "BYOL's online network: backbone f, projector g and predictor q over a list of same-size views; returns `(z, q(z))`."

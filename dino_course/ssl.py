@@ -125,11 +125,11 @@ class MoCoConfig:
     hidden_dim: int = option(512, "width of the projector's hidden layer", 'head')
     bottleneck_dim: int = option(64, "output width of the projector (InfoNCE compares these)", 'head')
     queue_size: int = option(1024, "K, the negatives in the queue: the keys of the last K / (2 x batch) steps (MoCo v2 on ImageNet: "
-                             "65536; short CPU runs learn faster with fresher keys)", 'loss')
-    moco_temperature: float = option(0.2, "temperature of InfoNCE (MoCo v2: 0.2)", 'loss')
+                             "65536; short CPU runs learn faster with fresher keys)", 'InfoNCE, queue and key encoder')
+    moco_temperature: float = option(0.2, "temperature of InfoNCE (MoCo v2: 0.2)", 'InfoNCE, queue and key encoder')
     moco_momentum: float = option(0.9, "EMA rate of the key encoder at the start (cosine schedule to --moco-momentum-end; MoCo v2 "
-                                  "on ImageNet: 0.999 throughout, too slow for a few hundred CPU steps)", 'loss')
-    moco_momentum_end: float = option(0.99, "EMA rate of the key encoder at the end", 'loss')
+                                  "on ImageNet: 0.999 throughout, too slow for a few hundred CPU steps)", 'InfoNCE, queue and key encoder')
+    moco_momentum_end: float = option(0.99, "EMA rate of the key encoder at the end", 'InfoNCE, queue and key encoder')
 
 def _check_ranges(cfg, rules: dict) -> None:
     "`rules`: name -> (low, high, integer); a one-line `ConfigError` naming the first field outside [low, high]."
@@ -223,9 +223,9 @@ class VICRegConfig:
     "VICReg's own options: the flags of `dino-course train --method vicreg` besides the run's."
     hidden_dim: int = option(512, "width of the expander's hidden layers", 'head')
     vicreg_dim: int = option(512, "output width of the expander (the covariance term decorrelates these)", 'head')
-    vicreg_sim_coeff: float = option(25., "weight of the invariance term (lambda)", 'loss')
-    vicreg_std_coeff: float = option(25., "weight of the variance term (mu)", 'loss')
-    vicreg_cov_coeff: float = option(1., "weight of the covariance term (nu)", 'loss')
+    vicreg_sim_coeff: float = option(25., "weight of the invariance term (lambda)", 'VICReg loss')
+    vicreg_std_coeff: float = option(25., "weight of the variance term (mu)", 'VICReg loss')
+    vicreg_cov_coeff: float = option(1., "weight of the covariance term (nu)", 'VICReg loss')
 
 class VICRegMethod(SSLMethod):
     """VICReg: backbone + expander (Linear-BN-ReLU x2, Linear), no negatives, no momentum encoder, no stop-gradient:
