@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_bench.ipynb #a5f1651a
 from __future__ import annotations
-import os, tempfile, time
+import json, os, sys, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -15,14 +15,16 @@ import matplotlib.pyplot as plt
 from .core import get_device, seed_everything
 from .data import SHAPE_CLASSES
 from .evaluate import extract_features, KNNEvaluator
-from .learner import SSLMethod, ConfigError, load_checkpoint, CHECKPOINT
+from .learner import SSLMethod, ConfigError, load_checkpoint, CHECKPOINT, atomic_save, write_text
 from .dino import DINOMethod
 from .train import (TrainConfig, validate_config, make_trainer, train, knn_bank, backbone_from_config, register_method,
-                               _models_dir, DistEnv)
+                               _models_dir, DistEnv, METHODS)
+from .cli import register_command
 
 # %% auto #0
-__all__ = ['benchmark_throughput', 'SupervisedMethod', 'supervised_baseline', 'knn_at', 'benchmark_knn', 'plot_ladder',
-           'knn_benchmark_table']
+__all__ = ['FAMILIES', 'benchmark_throughput', 'SupervisedMethod', 'supervised_baseline', 'knn_at', 'benchmark_knn',
+           'plot_ladder', 'knn_benchmark_table', 'knn_at_images', 'benchmark_families', 'plot_families',
+           'families_table']
 
 # %% ../nbs/10_bench.ipynb #97659502
 def benchmark_throughput(cfg: TrainConfig | None = None, steps: int = 10, warmup: int = 3, verbose: bool = True,
@@ -183,3 +185,113 @@ def knn_benchmark_table(res: dict, at_minutes: Sequence[float] = (2, 5, 10)) -> 
         lines.append(f"supervised (ceiling) kNN {s['knn_top1']:5.1f}%, test accuracy {s['test_accuracy']:.1f}% "
                      f"({s['seconds']:.0f} s, {s['steps']} steps)")
     return '\n'.join(lines)
+
+# %% ../nbs/10_bench.ipynb #769517a5
+FAMILIES = ('simclr', 'moco', 'vicreg', 'byol', 'dino')    # one per family of lessons 03-05 (DINO: the course's default recipe)
+_KEYS = ('knn_top1', 'knn_top1_best', 'knn_top1_init', 'seconds', 'train_seconds', 'steps', 'images_seen', 'images_per_second', 'knn_curve')
+
+def knn_at_images(curve: Sequence[dict], images: int) -> float | None:
+    "The kNN top-1 of a curve at its last evaluation after at most `images` training images."
+    done = [e['knn_top1'] for e in curve if (e.get('images_seen') or 0) <= images and e.get('knn_top1') is not None]
+    return done[-1] if done else None
+
+def benchmark_families(cfg: TrainConfig | None = None, minutes: float | None = None, methods: Sequence[str] = FAMILIES,
+                       supervised: bool = True, verbose: bool = True, **overrides) -> dict:
+    """The family comparison: each of `methods` (lesson 05b's registry) trained for `minutes` of wall clock on the built-in
+    shapes with `cfg`'s backbone, views, optimiser and kNN bank (only `method` changes), next to raw pixels, the random
+    backbone and the supervised ceiling trained for the same time. Returns each method's kNN curve (kNN against seconds
+    and images), images/s and final kNN; the runs are kept under `cfg.out/<method>` if `out` is set."""
+    cfg = replace(cfg or TrainConfig(), **overrides)
+    minutes = minutes or cfg.minutes or 5
+    if cfg.data != 'shapes': raise ConfigError("benchmark_families runs on the built-in shapes (--data shapes): its supervised baseline draws labelled shapes")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown: raise ConfigError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}")
+    cfg = validate_config(replace(cfg, minutes=minutes, epochs=None))
+    device = get_device(cfg.device)
+    old_threads = torch.get_num_threads()
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    try:
+        evaluator = knn_bank(cfg, device)
+        seed_everything(cfg.seed)
+        import platform
+        res = {'config': cfg.to_dict(), 'minutes': minutes, 'methods': list(methods), 'date': time.strftime('%Y-%m-%d'),
+               'machine': f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}",
+               'pixels': evaluator(nn.Flatten()), 'random_init': evaluator(backbone_from_config(cfg).to(device)), 'runs': {}}
+        if verbose: print(f"raw pixels: kNN {res['pixels']:.1f}%; random {cfg.arch}: kNN {res['random_init']:.1f}%", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(cfg.out) if cfg.out else Path(tmp)
+            for name in methods:
+                if verbose: print(f"{name}, {cfg.arch}, {minutes:g} min:", flush=True)
+                m = train(replace(cfg, method=name, out=str(root / name), resume=False), verbose=verbose)
+                res['runs'][name] = {k: m.get(k) for k in _KEYS}
+            if supervised:
+                if verbose: print(f"supervised {cfg.arch}, {minutes:g} min:", flush=True)
+                res['supervised'] = supervised_baseline(cfg, minutes * 60, evaluator, device, out=root / 'supervised', verbose=verbose)
+    finally: torch.set_num_threads(old_threads)
+    if verbose: print(families_table(res))
+    return res
+
+_NAMES = {'simclr': 'SimCLR', 'moco': 'MoCo v2', 'vicreg': 'VICReg', 'byol': 'BYOL', 'dino': 'DINO (teacher)'}
+
+def plot_families(res: dict, axs=None):
+    """kNN top-1 of each method against minutes (left) and against training images (right), with the supervised
+    ceiling, raw pixels, random init and chance, on one kNN bank."""
+    if axs is None: _, axs = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for i, (name, r) in enumerate(list(res['runs'].items()) + ([('supervised', res['supervised'])] if 'supervised' in res else [])):
+        curve = ([{'seconds': 0., 'images_seen': 0, 'knn_top1': res['random_init']}] if name == 'supervised' else []) + list(r['knn_curve'])
+        style = dict(c='k' if name == 'supervised' else f'C{i}', ls=':' if name == 'supervised' else '-', marker='o', ms=3,
+                     label=_NAMES.get(name, 'supervised (ceiling)' if name == 'supervised' else name))
+        axs[0].plot([e['seconds'] / 60 for e in curve], [e['knn_top1'] for e in curve], **style)
+        if all(e.get('images_seen') is not None for e in curve):
+            axs[1].plot([e['images_seen'] / 1000 for e in curve], [e['knn_top1'] for e in curve], **style)
+    for ax in axs:
+        ax.axhline(res['pixels'], c='C3', ls='--', lw=1, label='raw pixels')
+        ax.axhline(res['random_init'], c='C7', ls='--', lw=1, label='random init')
+        ax.axhline(10, c='k', ls=':', lw=0.6, label='chance')
+        ax.grid(alpha=0.3)
+    axs[0].set_xlabel('minutes (training + kNN evaluations)'); axs[1].set_xlabel('thousands of training images')
+    axs[0].set_ylabel('kNN top-1 (%)'); axs[1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    axs[0].set_title(f"{res['config']['arch']} on the built-in shapes, {res['minutes']:g} min each", fontsize=9)
+    return axs
+
+def families_table(res: dict) -> str:
+    """The figures of `benchmark_families` as text: final and best kNN, images/s, steps, and the kNN after as many
+    images as the slowest method saw (who learns most per image) and at the budget (per second)."""
+    common = min(r['images_seen'] for r in res['runs'].values()) if res['runs'] else 0
+    fmt = lambda v: '    -' if v is None else f"{v:5.1f}"
+    lines = [f"{res['minutes']:g} min per method, {res['config']['arch']}, batch {res['config']['batch_size']}, {res['machine']}",
+             f"  {'':22}{'kNN %':>7}{'best':>7}{f'@{common // 1000}k img':>10}{'img/s':>8}{'steps':>7}"]
+    for name, r in res['runs'].items():
+        lines.append(f"  {_NAMES.get(name, name):22}{fmt(r['knn_top1']):>7}{fmt(r['knn_top1_best']):>7}"
+                     f"{fmt(knn_at_images(r['knn_curve'], common)):>10}{r['images_per_second'] or 0:8.0f}{r['steps']:7d}")
+    if 'supervised' in res: lines.append(f"  {'supervised (ceiling)':22}{fmt(res['supervised']['knn_top1']):>7}")
+    lines += [f"  {'raw pixels':22}{fmt(res['pixels']):>7}", f"  {'random init':22}{fmt(res['random_init']):>7}"]
+    return '\n'.join(lines)
+
+# %% ../nbs/10_bench.ipynb #9b854620
+def _families_arguments(p) -> None:
+    p.add_argument('--minutes', type=float, default=5, help="wall-clock budget of each method (default: 5)")
+    p.add_argument('--methods', default=','.join(FAMILIES), help=f"comma-separated methods (default: {','.join(FAMILIES)})")
+    p.add_argument('--out', default=None, help="directory for the runs (OUT/<method>), families.json and families.png")
+    p.add_argument('--no-supervised', action='store_true', help="leave out the supervised ceiling")
+    p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument('--device', default=None, help="cpu, cuda, ... (default: the best available)")
+    p.add_argument('--batch-size', type=int, default=None, help="images per step for every method (default: the run default, 128)")
+
+def _families_run(args) -> int:
+    over = {k: v for k, v in dict(threads=args.threads, device=args.device, batch_size=args.batch_size, out=args.out).items() if v is not None}
+    res = benchmark_families(TrainConfig(**over), minutes=args.minutes, methods=[m.strip() for m in args.methods.split(',') if m.strip()],
+                             supervised=not args.no_supervised)
+    if args.out:
+        out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+        res['command'] = 'dino-course families ' + ' '.join(sys.argv[2:]) if len(sys.argv) > 1 and sys.argv[1] == 'families' else None
+        atomic_save(json.dumps(res, indent=1), out / 'families.json', writer=write_text)
+        axs = plot_families(res); axs[0].figure.savefig(out / 'families.png', dpi=80, bbox_inches='tight'); plt.close(axs[0].figure)
+        print(f"wrote {out / 'families.json'} and {out / 'families.png'}")
+    return 0
+
+register_command('families', "compare the SSL families: kNN against minutes of SimCLR, MoCo v2, VICReg, BYOL and DINO",
+                 _families_arguments, _families_run,
+                 description="Train each method (same backbone, views, optimiser, kNN bank) for --minutes on the built-in shapes, next to "
+                             "raw pixels, the random backbone and a supervised backbone trained for the same time; print the table and, "
+                             "with --out, write families.json and families.png.")

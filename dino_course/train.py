@@ -25,7 +25,8 @@ from .learner import (CheckpointEvery, SSLMethod, Trainer, Callback, ConfigError
                                  option, bad_option, DistEnv, init_distributed, barrier, wrap_ddp, atomic_save, write_text,
                                  load_checkpoint, config_differences, CHECKPOINT, Checkpoint, NonFiniteGuard, StepLimit, TimeBudget,
                                  CtrlC, KNNMonitor, ProgressBar, Log, Figures, plot_history, log_line)
-from .ssl import SimCLRMethod, SimCLRConfig, nt_xent
+from .ssl import SimCLRMethod, SimCLRConfig, MoCoMethod, MoCoConfig, VICRegMethod, VICRegConfig, nt_xent
+from .byol import BYOLMethod, BYOLConfig
 from .dino import DINOMethod, DINOConfig, cosine_scheduler, get_params_groups
 
 # %% auto #0
@@ -122,7 +123,7 @@ class RunConfig:
         return cls(**{k: tuple(v) if k in TUPLE_FIELDS and isinstance(v, list) else v for k, v in d.items()})
 
 @dataclass
-class TrainConfig(RunConfig, DINOConfig, SimCLRConfig):
+class TrainConfig(RunConfig, DINOConfig, SimCLRConfig, MoCoConfig, VICRegConfig, BYOLConfig):
     """Everything a training run depends on, JSON-serialisable: the run's options (`RunConfig`) and the options of
     the course's methods (`DINOConfig`, `SimCLRConfig`; a field only matters to the method that declares it).
     `epochs=None` with `minutes` set: a wall-clock budget (`TimeBudget`)."""
@@ -151,6 +152,9 @@ def get_method(name: str) -> type[SSLMethod]:
 
 register_method('dino', DINOMethod)
 register_method('simclr', SimCLRMethod)
+register_method('moco', MoCoMethod)
+register_method('vicreg', VICRegMethod)
+register_method('byol', BYOLMethod)
 
 # options of the JSON pass-throughs that have their own flag: the flag must say it (one source of truth)
 _NAMED_IN_KWARGS = {'backbone_kwargs': {'patch_size': 'patch_size', 'img_size': 'global_size', 'drop_path_rate': 'drop_path',

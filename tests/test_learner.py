@@ -97,9 +97,9 @@ def test_time_budget_without_schedules_only_stops(tmp_path):
     assert m['stopped'] == 'time budget' and t.progress == 0.
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError, match='known: .*dino.*simclr') as e: get_method('byol')
+    with pytest.raises(ConfigError, match='known: .*dino.*simclr') as e: get_method('swav')
     assert '--method' in str(e.value)
-    with pytest.raises(ConfigError, match='known: '): validate_config(TrainConfig(method='byol'))
+    with pytest.raises(ConfigError, match='known: '): validate_config(TrainConfig(method='swav'))
 
 def test_a_minimal_second_method_is_one_class_and_one_registry_line(tmp_path):
     "A supervised method (labels from the stream) trains through `train` with nothing else changed."
