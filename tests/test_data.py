@@ -284,21 +284,7 @@ def test_folder_with_split_subfolders(tmp_path):
     assert Path(get_dataset(tmp_path, 'val').root).name == 'val' and get_dataset(tmp_path).classes == ['a', 'b']
 
 # ---------------------------------------------------------------- downloads, loopback server
-@pytest.fixture
-def server(tmp_path):
-    served = tmp_path / 'served'; served.mkdir()
-    hits = []
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def do_GET(self): hits.append(self.path); super().do_GET()
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), partial(Handler, directory=str(served)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield served, f'http://127.0.0.1:{srv.server_address[1]}', hits
-    srv.shutdown(); srv.server_close()
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for k in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'): monkeypatch.delenv(k, raising=False)
+# (the `server` and `no_proxy` fixtures: tests/conftest.py)
 
 def make_tgz(path, files: dict):
     with tarfile.open(path, 'w:gz') as t:
