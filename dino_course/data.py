@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'ARCHIVES', 'DATASET_NAMES', 'IMG_EXTENSIONS', 'make_shapes',
-           'ShapesDataset', 'PhotosDataset', 'DatasetNotFoundError', 'get_data_root', 'Archive', 'fetch_command',
-           'DownloadError', 'ChecksumError', 'file_hash', 'download_url', 'extract_archive', 'download_and_extract',
-           'download_dataset', 'LocalSTL10', 'LocalCIFAR10', 'NoisyImagenette', 'get_dataset', 'SafeImageFolder',
-           'label_fraction', 'label_subset', 'benchmark_shapes', 'main']
+__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'DATASET_NAMES', 'make_shapes', 'ShapesDataset',
+           'PhotosDataset', 'get_dataset', 'label_fraction', 'label_subset', 'benchmark_shapes', 'main', 'ARCHIVES',
+           'Archive', 'ChecksumError', 'DatasetNotFoundError', 'DownloadError', 'download_and_extract',
+           'download_dataset', 'download_url', 'extract_archive', 'fetch_command', 'file_hash', 'get_data_root',
+           'REAL_LOADERS', 'LocalCIFAR10', 'LocalSTL10', 'NoisyImagenette', 'IMG_EXTENSIONS', 'SafeImageFolder']
 
 # %% ../nbs/01_data.ipynb #56602510
 SHAPE_CLASSES = ['circle', 'square', 'triangle', 'star', 'cross', 'ring', 'crescent', 'heart', 'arrow', 'bowtie']
@@ -133,17 +133,23 @@ def make_shapes(n: int, size: int = 64, seed: int = 0, min_contrast: float = 0.2
     return images, labels.astype(np.int64), masks
 
 # %% ../nbs/01_data.ipynb #b4ad4418
-import argparse, contextlib, csv, hashlib, http.client, os, pickle, shlex, shutil, sys, tarfile, time, urllib.error, urllib.request, warnings, zipfile
-from collections import Counter
-from dataclasses import dataclass
+import argparse, contextlib, os, sys, time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset, Subset
-from torchvision import datasets as tvd, tv_tensors
-from PIL import Image, ImageOps
-from . import core
+from torchvision import tv_tensors
+from PIL import Image
+# Downloads, the dataset-specific loaders and SafeImageFolder live in the appendix lessons 00b_download,
+# 00c_real_datasets and 00d_image_folder; re-exported here, so `from dino_course.data import X` keeps working.
+from .download import (ARCHIVES, Archive, ChecksumError, DatasetNotFoundError, DownloadError, download_and_extract,
+                                  download_dataset, download_url, extract_archive, fetch_command, file_hash, get_data_root, _repo_root)
+from .real_datasets import REAL_LOADERS, LocalCIFAR10, LocalSTL10, NoisyImagenette, _check_split
+from .image_folder import IMG_EXTENSIONS, SafeImageFolder
+_all_ = ['ARCHIVES', 'Archive', 'ChecksumError', 'DatasetNotFoundError', 'DownloadError', 'download_and_extract', 'download_dataset',
+         'download_url', 'extract_archive', 'fetch_command', 'file_hash', 'get_data_root', 'REAL_LOADERS', 'LocalCIFAR10', 'LocalSTL10',
+         'NoisyImagenette', 'IMG_EXTENSIONS', 'SafeImageFolder']
 
 # %% ../nbs/01_data.ipynb #d1542f92
 class ShapesDataset(Dataset):
@@ -176,10 +182,6 @@ SHAPES_SPLITS = {'train': (0, 5000), 'val': (1, 1000), 'test': (2, 1000)}   # sp
 def _load_shapes(split='train', root=None, transform=None, n: int | None = None, size: int = 64, seed: int = 0, **kw):
     offset, default_n = SHAPES_SPLITS[_check_split('shapes', split, SHAPES_SPLITS)]
     return ShapesDataset(n or default_n, size, 3 * seed + offset, transform=transform, **kw)
-
-def _check_split(name: str, split: str, valid) -> str:
-    if split not in valid: raise ValueError(f"{name} has splits {', '.join(valid)}; got split={split!r}.")
-    return split
 
 # %% ../nbs/01_data.ipynb #58ad0691
 def _skimage_photo(name: str) -> np.ndarray:
@@ -226,277 +228,8 @@ def _load_photos(split='train', root=None, transform=None, **kw):
     _check_split('photos', split, ['train'])
     return PhotosDataset(transform, **kw)
 
-# %% ../nbs/01_data.ipynb #a647fc8c
-class DatasetNotFoundError(FileNotFoundError):
-    "A dataset is not on disk; the one-line message names it, where it looked, and how to fetch it."
-
-def _repo_root() -> Path | None:
-    "The clone this package runs from (editable install), or None for a plain install."
-    import dino_course
-    p = Path(dino_course.__file__).resolve().parent.parent
-    return p if (p / 'settings.ini').is_file() and (p / 'nbs').is_dir() else None
-
-def get_data_root(root: str | os.PathLike | None = None) -> Path:
-    "Where datasets live: `root`, else `$DINO_COURSE_DATA`, else the clone's `data/`, else `./data`."
-    root = root or os.environ.get('DINO_COURSE_DATA')
-    if root: return Path(root).expanduser().resolve()
-    repo = _repo_root()
-    return repo / 'data' if repo else (Path.cwd() / 'data').resolve()
-
-# %% ../nbs/01_data.ipynb #fca71000
-@dataclass(frozen=True)
-class Archive:
-    "A downloadable dataset archive: URL, md5, the folder it creates under the data root, approx. size."
-    title: str
-    url: str
-    md5: str
-    folder: str
-    size: str
-
-_VOC2012 = tvd.voc.DATASET_YEAR_DICT['2012']
-ARCHIVES = {
-    'imagenette-160': Archive('Imagenette (160 px)', 'https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz',
-                              'e793b78cc4c9e9a4ccc0c1155377a412', 'imagenette2-160', 'approx. 99 MB'),
-    'imagenette-320': Archive('Imagenette (320 px)', 'https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz',
-                              '3df6f0d01a2c9592104656642f5e78a3', 'imagenette2-320', 'approx. 342 MB'),
-    'imagenette-full': Archive('Imagenette (full size)', 'https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz',
-                               'fe2fc210e6bb7c5664d602c3cd71e612', 'imagenette2', 'approx. 1.56 GB'),
-    'stl10': Archive('STL-10', tvd.STL10.url, tvd.STL10.tgz_md5, 'stl10_binary', 'approx. 2.6 GB'),
-    'voc': Archive('PASCAL VOC 2012', _VOC2012['url'], _VOC2012['md5'], 'VOCdevkit/VOC2012', 'approx. 2 GB'),
-    'cifar10': Archive('CIFAR-10', tvd.CIFAR10.url, tvd.CIFAR10.tgz_md5, 'cifar-10-batches-py', 'approx. 170 MB'),
-}
-
-def _archive_key(name: str, size: int | str | None = None) -> str:
-    if name != 'imagenette': return name
-    size = str(size or 320).removesuffix('px')
-    if size not in ('160', '320', 'full'): raise ValueError(f"imagenette size must be 160, 320 or 'full'; got {size!r}.")
-    return f'imagenette-{size}'
-
-def fetch_command(key: str, root: str | os.PathLike | None = None) -> str:
-    "The shell command that downloads archive `key` (a key of `ARCHIVES`) into the data root."
-    name, _, size = key.partition('-')
-    return (f'python -m dino_course.data download {name}' + (f' --size {size}' if size else '')
-            + f' --root {shlex.quote(str(get_data_root(root)))}')
-
-def _not_found(key: str, root=None, detail: str = '') -> DatasetNotFoundError:
-    a, root = ARCHIVES[key], get_data_root(root)
-    return DatasetNotFoundError(f"{a.title} not found in {root / a.folder}{detail}: fetch it ({a.size}) with "
-                                f"`{fetch_command(key, root)}`, or download {a.url} and extract it into {root}.")
-
-# %% ../nbs/01_data.ipynb #76aab698
-class DownloadError(RuntimeError):
-    "A download failed (network, truncation); the message says what to do."
-
-class ChecksumError(DownloadError):
-    "A downloaded file's checksum differs from the recorded one; the bad file has been removed."
-
-def file_hash(path: str | os.PathLike, algo: str = 'md5', chunk_size: int = 1 << 20) -> str:
-    "Hex digest of a whole file, read in chunks."
-    h = hashlib.new(algo)
-    with open(path, 'rb') as f:
-        while chunk := f.read(chunk_size): h.update(chunk)
-    return h.hexdigest()
-
-def _expected(md5, sha256):
-    return ('sha256', sha256.lower()) if sha256 else ('md5', md5.lower()) if md5 else (None, None)
-
-def download_url(url: str, path: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
-                 progress: bool = True, timeout: float = 60.0, chunk_size: int = 1 << 20) -> Path:
-    """Download `url` to `path` (a file, or an existing folder to put it in), verifying `md5`/`sha256` if given.
-    A file already there is kept if its checksum matches (or none is given). On a mismatch the new file is removed."""
-    path = Path(path)
-    if path.is_dir(): path = path / Path(urllib.request.urlparse(url).path).name
-    algo, want = _expected(md5, sha256)
-    if path.is_file() and (want is None or file_hash(path, algo) == want): return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + '.part')
-    h, got_bytes = hashlib.new(algo or 'md5'), 0
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={'User-Agent': 'dino-course'}), timeout=timeout) as r, \
-             open(part, 'wb') as f:
-            total = int(r.headers.get('Content-Length') or 0) or None
-            with core.progress(total=total, desc=path.name, unit='B', unit_scale=True, unit_divisor=1024,
-                               disable=core.is_quiet() or not progress) as bar:
-                while chunk := r.read(chunk_size):
-                    f.write(chunk); h.update(chunk); got_bytes += len(chunk); bar.update(len(chunk))
-        if total is not None and got_bytes != total:
-            raise DownloadError(f"download of {url} stopped after {got_bytes:,} of {total:,} bytes: run it again.")
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"could not download {url} ({getattr(e, 'reason', e)}): check the connection, "
-                            f"or fetch it by hand into {path}.") from None
-    except BaseException:
-        part.unlink(missing_ok=True); raise
-    if want is not None and h.hexdigest() != want:
-        part.unlink(missing_ok=True)
-        raise ChecksumError(f"{algo} of {url} is {h.hexdigest()}, expected {want}; the file was removed. Run it again; "
-                            "if it keeps failing, the archive upstream changed (CLI: --no-check skips the check).")
-    os.replace(part, path)
-    return path
-
-# %% ../nbs/01_data.ipynb #f20dabe6
-def _move_merge(src: Path, dst: Path):
-    "Move `src` to `dst`, merging into folders that already exist (e.g. a second year in VOCdevkit/)."
-    if dst.is_dir() and src.is_dir():
-        for child in src.iterdir(): _move_merge(child, dst / child.name)
-        src.rmdir()
-    else: os.replace(src, dst)
-
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
-    "Extract a tar (any compression) or zip `archive` into `dest`; returns the top-level paths it created."
-    archive, dest = Path(archive), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f'.extracting-{archive.name}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as t:
-                if hasattr(tarfile, 'data_filter'): t.extractall(tmp, filter='data')   # refuses ../, absolute paths, odd links
-                else:                                                                 # Python < 3.10.12 / 3.11.4
-                    bad = [m.name for m in t.getmembers() if Path(m.name).is_absolute() or '..' in Path(m.name).parts
-                           or m.issym() or m.islnk() or m.isdev()]
-                    if bad: raise ValueError(f"{archive} has unsafe members (e.g. {bad[0]}); not extracting it.")
-                    t.extractall(tmp)
-        elif zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                bad = [m for m in z.namelist() if Path(m).is_absolute() or '..' in Path(m).parts]
-                if bad: raise ValueError(f"{archive} has members outside the archive folder (e.g. {bad[0]}); not extracting it.")
-                z.extractall(tmp)
-        else: raise ValueError(f"{archive} is not a tar or zip archive.")
-        tops = sorted(tmp.iterdir())
-        for p in tops: _move_merge(p, dest / p.name)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
-    return [dest / p.name for p in tops]
-
-def download_and_extract(url: str, root: str | os.PathLike, md5: str | None = None, sha256: str | None = None,
-                         filename: str | None = None, remove_archive: bool = False, progress: bool = True) -> list[Path]:
-    "`download_url` into `root`, then `extract_archive` there; returns the extracted top-level paths."
-    root = Path(root)
-    archive = download_url(url, root / (filename or Path(urllib.request.urlparse(url).path).name), md5=md5,
-                           sha256=sha256, progress=progress)
-    out = extract_archive(archive, root)
-    if remove_archive: archive.unlink()
-    return out
-
-def download_dataset(name: str, root: str | os.PathLike | None = None, size: int | str = 320,
-                     keep_archive: bool = False, check: bool = True) -> Path:
-    "Fetch dataset `name` ('imagenette' with `size`, 'stl10', 'voc', 'cifar10') into the data root; returns its folder."
-    key = _archive_key(name, size)
-    if key not in ARCHIVES: raise ValueError(f"Unknown dataset {name!r}: choose one of imagenette, stl10, voc, cifar10.")
-    a, root = ARCHIVES[key], get_data_root(root)
-    target = root / a.folder
-    if target.exists(): return target
-    print(f'{a.title}: downloading {a.url} ({a.size}) into {root}')
-    download_and_extract(a.url, root, md5=a.md5 if check else None, remove_archive=not keep_archive)
-    if not target.exists(): raise DownloadError(f"{a.url} extracted, but {target} is missing: the archive's layout changed.")
-    return target
-
-# %% ../nbs/01_data.ipynb #a1b147d7
-_STL10_FILES = {'unlabeled': ['unlabeled_X.bin'], 'train': ['train_X.bin', 'train_y.bin'],
-                'test': ['test_X.bin', 'test_y.bin'], 'train+unlabeled': ['train_X.bin', 'train_y.bin', 'unlabeled_X.bin']}
-
-def _stl10_problem(base: Path, split: str) -> str | None:
-    "Why the extracted STL-10 binaries of `split` are unusable, or None."
-    for f in _STL10_FILES[split]:
-        p = base / f
-        if not p.is_file(): return f'{f} is missing'
-        if f.endswith('_X.bin') and p.stat().st_size % (3 * 96 * 96): return f'{f} is truncated'
-    return None
-
-class LocalSTL10(tvd.STL10):
-    "torchvision's `STL10` with a cheap integrity check (files present, whole images) and memory-mapped images."
-    def _check_integrity(self) -> bool:
-        return _stl10_problem(Path(self.root) / self.base_folder, self.split) is None
-
-    # torchvision's private `__loadfile` (name-mangled to `_STL10__loadfile`), replaced so images stay on disk
-    def _STL10__loadfile(self, data_file: str, labels_file: str | None = None):
-        base = Path(self.root) / self.base_folder
-        labels = np.fromfile(base / labels_file, dtype=np.uint8).astype(np.int64) - 1 if labels_file else None  # 1-based on disk
-        return _stl10_memmap(base / data_file), labels
-
-    def __getstate__(self):   # DataLoader workers started by spawn (macOS, Windows) get the file name, not 2.8 GB
-        state = self.__dict__.copy()
-        if isinstance(self.data, np.memmap): state['data'] = Path(self.data.filename)
-        return state
-    def __setstate__(self, state):
-        if isinstance(state['data'], Path): state['data'] = _stl10_memmap(state['data'])
-        self.__dict__.update(state)
-
-def _stl10_memmap(path: Path) -> np.ndarray:
-    "STL-10 images `(N, 3, 96, 96)` read from disk on demand; stored column-major, hence the transpose."
-    return np.memmap(path, dtype=np.uint8, mode='r').reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
-
-def _load_stl10(split='train', root=None, transform=None, folds: int | None = None, **kw):
-    _check_split('stl10', split, _STL10_FILES)
-    root = get_data_root(root)
-    problem = _stl10_problem(root / 'stl10_binary', split)
-    if problem: raise _not_found('stl10', root, f' ({problem})')
-    return LocalSTL10(root, split=split, folds=folds, transform=transform, **kw)
-
-class LocalCIFAR10(tvd.CIFAR10):
-    "torchvision's `CIFAR10`, checking the extracted batch files exist instead of re-hashing them."
-    @classmethod
-    def files(cls, train: bool) -> list[str]:
-        return [f for f, _ in (cls.train_list if train else cls.test_list)] + [cls.meta['filename']]
-    def _check_integrity(self) -> bool:
-        return all((Path(self.root) / self.base_folder / f).is_file() for f in self.files(self.train))
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta['filename'], 'rb') as f:
-            self.classes = pickle.load(f, encoding='latin1')[self.meta['key']]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-def _load_cifar10(split='train', root=None, transform=None, **kw):
-    _check_split('cifar10', split, ['train', 'test'])
-    root = get_data_root(root)
-    base = root / LocalCIFAR10.base_folder
-    missing = [f for f in LocalCIFAR10.files(split == 'train') if not (base / f).is_file()]
-    if missing: raise _not_found('cifar10', root, f' ({missing[0]} is missing)')
-    try: return LocalCIFAR10(root, train=split == 'train', transform=transform, **kw)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:     # a truncated or foreign pickle
-        raise DatasetNotFoundError(f"CIFAR-10 in {base} is corrupted ({type(e).__name__}): delete "
-                                   f"it and run `{fetch_command('cifar10', root)}`.") from None
-
-# %% ../nbs/01_data.ipynb #af956d68
-class NoisyImagenette(tvd.Imagenette):
-    """torchvision's `Imagenette`, with `noisy_labels=p` reading column `noisy_labels_p` (p in 0, 1, 5, 25, 50:
-    the percentage of flipped training labels) of fastai's `noisy_imagenette.csv`. `classes` holds one name per class."""
-    NOISE_LEVELS = (0, 1, 5, 25, 50)
-    def __init__(self, root, split: str = 'train', size: str = '320px', noisy_labels: int | None = None, **kw):
-        super().__init__(root, split=split, size=size, **kw)
-        self.classes = [names[0] for names in self.classes]
-        if noisy_labels is not None:
-            if noisy_labels not in self.NOISE_LEVELS:
-                raise ValueError(f"noisy_labels must be one of {self.NOISE_LEVELS} (percent); got {noisy_labels!r}.")
-            csv_path = self._size_root / 'noisy_imagenette.csv'
-            if not csv_path.is_file():
-                raise DatasetNotFoundError(f"{csv_path} is missing: it ships with every imagenette2 archive; re-extract it.")
-            with open(csv_path, newline='') as f:
-                wnid_of = {r['path']: r[f'noisy_labels_{noisy_labels}'] for r in csv.DictReader(f)}
-            rel = lambda p: Path(p).relative_to(self._size_root).as_posix()   # 'train/n01440764/x.JPEG', as in the CSV
-            self._samples = [(p, self.wnid_to_idx[wnid_of[rel(p)]]) for p, _ in self._samples]
-        self.targets = [t for _, t in self._samples]
-
-def _load_imagenette(split='train', root=None, transform=None, size: int | str = 320, noisy_labels: int | None = None, **kw):
-    _check_split('imagenette', split, ['train', 'val'])
-    key, root = _archive_key('imagenette', size), get_data_root(root)
-    base = root / ARCHIVES[key].folder / split
-    if not base.is_dir() or not any(base.iterdir()): raise _not_found(key, root)
-    tv_size = {'160': '160px', '320': '320px', 'full': 'full'}[key.split('-')[1]]     # torchvision's names
-    return NoisyImagenette(root, split=split, size=tv_size, noisy_labels=noisy_labels, transform=transform, **kw)
-
-def _load_voc(split='train', root=None, transform=None, transforms: Callable | None = None, **kw):
-    _check_split('voc', split, ['train', 'val', 'trainval'])   # the VOC 2012 test set is not public
-    root = get_data_root(root)
-    base = root / ARCHIVES['voc'].folder
-    if not (base / 'ImageSets/Segmentation' / f'{split}.txt').is_file(): raise _not_found('voc', root)
-    ds = tvd.VOCSegmentation(root, year='2012', image_set=split, transform=transform, transforms=transforms, **kw)
-    missing = [p for p in ds.images + ds.masks if not os.path.isfile(p)]
-    if missing: raise _not_found('voc', root, f' ({len(missing)} files listed in {split}.txt are missing, e.g. {Path(missing[0]).name})')
-    return ds
-
 # %% ../nbs/01_data.ipynb #ac2c109e
-_LOADERS = {'shapes': _load_shapes, 'photos': _load_photos, 'stl10': _load_stl10, 'imagenette': _load_imagenette,
-            'voc': _load_voc, 'cifar10': _load_cifar10}
+_LOADERS = {'shapes': _load_shapes, 'photos': _load_photos, **REAL_LOADERS}
 DATASET_NAMES = tuple(_LOADERS)
 
 def get_dataset(name_or_path: str | os.PathLike, split: str = 'train', root: str | os.PathLike | None = None,
@@ -507,160 +240,10 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = 'train', root: str
     if isinstance(name_or_path, str) and name_or_path.lower() in _LOADERS:
         return _LOADERS[name_or_path.lower()](split=split, root=root, transform=transform, **options)
     folder = Path(name_or_path).expanduser()
+    if not folder.is_dir(): raise DatasetNotFoundError(
+        f"{str(name_or_path)!r} is neither a dataset name ({', '.join(DATASET_NAMES)}) nor a folder: the folder {folder} does not exist.")
     if (folder / split).is_dir(): folder = folder / split
     return SafeImageFolder(folder, transform=transform, **options)
-
-# %% ../nbs/01_data.ipynb #423edd4f
-IMG_EXTENSIONS = tvd.folder.IMG_EXTENSIONS
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    "Any PIL mode as RGB: high-bit-depth greyscale rescaled to 8 bits, transparency composited on white."
-    if im.mode == 'RGB': return im
-    if im.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
-        a = np.asarray(im, dtype=np.float32)
-        hi = 65535.0 if im.mode.startswith('I;16') else max(float(a.max()), 1.0)   # 32-bit/float: no known range
-        return Image.fromarray((np.clip(a / hi, 0, 1) * 255 + 0.5).astype(np.uint8)).convert('RGB')
-    if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (im.mode == 'P' and 'transparency' in im.info):
-        rgba = im.convert('RGBA')
-        out = Image.new('RGB', im.size, (255, 255, 255)); out.paste(rgba, mask=rgba.getchannel('A'))
-        return out
-    return im.convert('RGB')   # L, 1, P, CMYK, YCbCr, LAB, HSV
-
-def _jpeg_complete(path: str) -> bool:
-    "A complete JPEG ends with the EOI marker (FF D9), give or take a few padding bytes."
-    with open(path, 'rb') as f:
-        f.seek(max(0, os.path.getsize(path) - 64)); return b'\xff\xd9' in f.read()
-
-# %% ../nbs/01_data.ipynb #f1884009
-class SafeImageFolder(tvd.ImageFolder):
-    """torchvision's `ImageFolder` that survives a messy folder: class subfolders or a flat folder (one class,
-    label 0), hidden files and folders ignored, unreadable images skipped at construction (`verify=True`, see
-    `.skipped` and `report()`), every image loaded as RGB, images over `max_side` px shrunk, and a file that
-    fails to load later replaced by the next readable item (recorded in `.failures`)."""
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, target_transform: Callable | None = None,
-                 verify: bool | str = True, min_size: int = 8, max_side: int | None = 4096,
-                 max_pixels: int = 89_478_485, warn: bool = True):
-        root = Path(root).expanduser()
-        if not root.is_dir(): raise DatasetNotFoundError(
-            f"Image folder {root} does not exist: pass a folder of images (class subfolders, or images directly inside) "
-            f"or one of {', '.join(DATASET_NAMES)}.")
-        self.min_size, self.max_side, self.max_pixels = min_size, max_side, max_pixels   # 89.5 MP: PIL's bomb warning
-        self.skipped, self.failures, self.ignored, self.modes, self._bad = [], [], [], Counter(), set()
-        self.loops, self.duplicates, self.unreadable = [], [], []        # links that loop, files reached twice, folders we cannot list
-        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=self._load, allow_empty=True)
-        empty = [c for c in self.classes if c in self._unreadable_classes]
-        if empty: raise DatasetNotFoundError(
-            f"Class folder(s) {', '.join(empty)} in {root} cannot be read ({self.unreadable[0][1]}): fix their permissions "
-            "(chmod -R u+rX) or move them out of the data folder.")
-        if not self.samples: raise DatasetNotFoundError(
-            f"No image files ({' '.join(IMG_EXTENSIONS)}) in {root}: put them in class subfolders "
-            f"({root}/cat/1.jpg, {root}/dog/2.jpg) or directly in the folder (one class, label 0).")
-        if verify: self._scan(full=verify == 'full')
-        if warn and (self.skipped or self.ignored or self.loops or self.duplicates or self.unreadable): warnings.warn(self.report(), stacklevel=2)
-
-    def find_classes(self, directory):
-        subdirs = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith('.'))  # no .ipynb_checkpoints
-        self.flat = not subdirs
-        if self.flat: return [Path(directory).name], {Path(directory).name: 0}
-        return subdirs, {c: i for i, c in enumerate(subdirs)}
-
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        samples, seen_files, self._unreadable_classes = [], {}, set()
-        # os.walk follows links (a class folder may be a link to elsewhere), so guard it ourselves: a folder already
-        # visited through another path is a loop or a second way in and is not walked again; a file reached twice
-        # (two classes linked to each other) is kept once, in the first class; a folder that cannot be listed is recorded.
-        def visit(folder, label, recurse):
-            seen_dirs, n0 = set(), len(samples)
-            def onerror(e): self.unreadable.append((e.filename, e.strerror or str(e)))
-            for dirpath, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
-                real = os.path.realpath(dirpath)
-                if real in seen_dirs: self.loops.append(dirpath); dirs[:] = []; continue
-                seen_dirs.add(real)
-                dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if recurse else []
-                for f in sorted(files):
-                    if f.startswith('.'): continue                       # ._x.jpg macOS forks, .DS_Store
-                    p = os.path.join(dirpath, f)
-                    if not f.lower().endswith(IMG_EXTENSIONS): self.ignored.append(p); continue
-                    rp = os.path.realpath(p)
-                    if rp in seen_files: self.duplicates.append((p, seen_files[rp])); continue
-                    seen_files[rp] = p; samples.append((p, label))
-            if len(samples) == n0 and any(u[0] == folder for u in self.unreadable): self._unreadable_classes.add(Path(folder).name)
-        if self.flat: visit(directory, 0, recurse=False)
-        else:
-            self.ignored += [e.path for e in sorted(os.scandir(directory), key=lambda e: e.name)   # loose files beside
-                             if e.is_file() and not e.name.startswith('.')]                          # the class folders
-            for c, i in class_to_idx.items(): visit(os.path.join(directory, c), i, recurse=True)
-        return samples
-
-    def _problem(self, path: str, full: bool = False) -> str | None:
-        "Why `path` can't be used (one short phrase), or None."
-        try:
-            if os.path.getsize(path) == 0: return 'empty file'
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', Image.DecompressionBombWarning)    # our own `max_pixels` decides
-                with Image.open(path) as im:
-                    (w, h), fmt, mode = im.size, im.format, im.mode
-                    if w * h > self.max_pixels: return f'{w}x{h} px, over max_pixels={self.max_pixels:,}'
-                    if min(w, h) < self.min_size: return f'{w}x{h} px, under min_size={self.min_size}'
-                    if full or (fmt == 'JPEG' and not _jpeg_complete(path)): im.load()
-                    else: im.verify()        # PNG: chunk checksums; cheap
-        except Image.DecompressionBombError as e: return f'too large to open safely ({e})'.split(', could')[0] + ')'
-        except Image.UnidentifiedImageError: return 'not an image PIL can read'
-        except Exception as e: return f'{type(e).__name__}: {e}'.splitlines()[0][:120]
-        self.modes[mode] += 1
-        return None
-
-    def _scan(self, full: bool = False):
-        keep = []
-        for path, label in core.progress(self.samples, desc=f'checking {Path(self.root).name}'):
-            why = self._problem(path, full)
-            if why: self.skipped.append((path, why))
-            else: keep.append((path, label))
-        self.samples = self.imgs = keep
-        self.targets = [t for _, t in keep]
-        if not keep: raise DatasetNotFoundError(
-            f"None of the {len(self.skipped)} image files in {self.root} can be read (e.g. {Path(self.skipped[0][0]).name}: {self.skipped[0][1]}).")
-
-    def report(self) -> str:
-        "One paragraph: what was kept, skipped (with names), converted and ignored."
-        names = lambda items: ', '.join(f'{Path(p).name} ({why})' if why else Path(p).name for p, why in items[:8]) + (
-            f' and {len(items) - 8} more' if len(items) > 8 else '')
-        out = f'{self.root}: {len(self.samples)} images in {len(self.classes)} class(es)'
-        if self.skipped: out += f'; skipped {len(self.skipped)} unusable file(s): {names(self.skipped)}'
-        converted = {m: c for m, c in self.modes.items() if m != 'RGB'}
-        if converted: out += f"; {sum(converted.values())} converted to RGB on load ({', '.join(f'{m} {c}' for m, c in sorted(converted.items()))})"
-        if self.ignored: out += f'; ignored {len(self.ignored)} non-image file(s): {names([(p, None) for p in self.ignored])}'
-        if self.failures: out += f'; {len(self.failures)} failed after the scan: {names(self.failures)}'
-        if self.loops: out += f"; did not follow {len(self.loops)} link(s) back into folders already read (a loop or a second way in): {names([(p, None) for p in self.loops])}"
-        if self.duplicates: out += f"; {len(self.duplicates)} file(s) reached twice through links, kept once (the same file): {names([(p, 'also ' + q) for p, q in self.duplicates])}"
-        if self.unreadable: out += f"; could not read {len(self.unreadable)} folder(s): {names(self.unreadable)}"
-        return out + '.'
-
-    def _load(self, path: str) -> Image.Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > self.max_pixels: raise ValueError(f'{im.width}x{im.height} px, over max_pixels')
-                if self.max_side and max(im.size) > self.max_side and im.format == 'JPEG':
-                    im.draft(im.mode, (self.max_side, self.max_side))       # decode at 1/2..1/8 scale: big JPEGs load fast
-                im = _to_rgb(ImageOps.exif_transpose(im))
-        if self.max_side and max(im.size) > self.max_side: im.thumbnail((self.max_side, self.max_side), Image.Resampling.LANCZOS)
-        return im
-
-    def __getitem__(self, index: int):
-        if not -len(self.samples) <= index < len(self.samples): raise IndexError(index)   # ends `for x in ds`
-        for k in range(min(len(self.samples), 20)):     # a file that went bad after the scan: record it, try the next one
-            path, target = self.samples[(index + k) % len(self.samples)]
-            if path in self._bad: continue
-            try: img = self.loader(path)
-            except Exception as e:
-                self._bad.add(path); self.failures.append((path, f'{type(e).__name__}: {e}'.splitlines()[0][:120]))
-                warnings.warn(f'{path} could not be read ({self.failures[-1][1]}); using the next image instead.', stacklevel=2)
-                continue
-            if self.transform is not None: img = self.transform(img)
-            if self.target_transform is not None: target = self.target_transform(target)
-            return img, target
-        raise RuntimeError(f"{self.root}: 20 images in a row near index {index} could not be read; see .failures.")
 
 # %% ../nbs/01_data.ipynb #d2dfe09d
 def _labels_of(data) -> np.ndarray:
