@@ -4,10 +4,7 @@
 
 # %% ../nbs/02_vit.ipynb #d61645e8
 from __future__ import annotations
-import argparse, math, zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+import math
 
 import torch
 import torch.nn as nn
@@ -17,8 +14,8 @@ from timm.layers import DropPath, trunc_normal_
 # %% auto #0
 __all__ = ['POS_INTERPOLATIONS', 'STEMS', 'BLOCKS', 'VIT_CONV_DEFAULTS', 'PatchEmbed', 'Attention', 'Mlp', 'Block',
            'ClassAttention', 'ClassAttentionBlock', 'resample_pos_embed', 'VisionTransformer', 'vit_tiny', 'vit_small',
-           'vit_base', 'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'describe_state_dict',
-           'load_pretrained', 'build_backbone', 'ConvStem', 'vit_conv']
+           'vit_base', 'build_backbone', 'ConvStem', 'vit_conv', 'CheckpointError', 'CheckpointMismatchError',
+           'LoadReport', 'describe_state_dict', 'load_pretrained']
 
 # %% ../nbs/02_vit.ipynb #d15b5882
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -209,6 +206,10 @@ class VisionTransformer(nn.Module):
         "Parameters an optimizer should not decay (timm's convention)."
         return {'pos_embed', 'cls_token'}
 
+    def resample_pos_embed(self, pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int]) -> torch.Tensor:
+        "`pos_embed` learned on `old_grid` resized to `new_grid` by this model's rule (`pos_interpolation`); `load_pretrained` calls it."
+        return resample_pos_embed(pos_embed, new_grid, old_grid, self.pos_interpolation)
+
     def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
         "Positional embedding for a grid of `h` x `w` patches: (1, 1 + h*w, D), bicubic-resized if needed."
         return resample_pos_embed(self.pos_embed, (h, w), self.patch_embed.grid_size, self.pos_interpolation)
@@ -273,132 +274,9 @@ def vit_base(patch_size: int = 16, **kwargs) -> VisionTransformer:
     "ViT-B: width 768, 12 blocks, 12 heads (85.8M parameters)."
     return _vit(patch_size, dict(embed_dim=768, depth=12, num_heads=12), kwargs)
 
-# %% ../nbs/02_vit.ipynb #86611425
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be read or holds no usable state dict."
-
-class CheckpointMismatchError(CheckpointError):
-    "A checkpoint whose tensors belong to another architecture than the model's."
-
-_HEAD_PREFIXES = ('head.', 'fc.', 'classifier.', 'head_dist.')   # classifier / projection heads: never part of a backbone
-_WRAPPER_PREFIXES = ('module.', '_orig_mod.')                   # DistributedDataParallel, torch.compile
-
-@dataclass
-class LoadReport:
-    "What `load_pretrained` did: where the state dict came from and which keys it loaded, ignored, resized."
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)    # checkpoint keys the model has no use for (heads)
-    missing: list[str] = field(default_factory=list)    # model keys the checkpoint lacks (heads only), left as initialised
-    resized: list[str] = field(default_factory=list)    # positional embeddings interpolated to the model's grid
-
-    def __str__(self) -> str:
-        s = f"{self.source}: loaded {len(self.loaded)} tensors"
-        for name in ('resized', 'ignored', 'missing'):
-            keys = getattr(self, name)
-            if keys: s += f"; {name} {len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
-        return s
-
-def _read_checkpoint(path: str | Path, weights_only: bool = True) -> Any:
-    "Load a checkpoint file on the CPU, safely by default, with a one-line error for each way it can fail."
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint file at {str(path)!r}: check the path (load_pretrained reads local files; download the weights first).")
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        try: return load_file(str(path))
-        except Exception as e: raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}).") from None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):   # DINO's checkpoints store their args
-            return torch.load(path, map_location='cpu', weights_only=weights_only)
-    except Exception as e:
-        if weights_only and 'Weights only load failed' in str(e) and zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path.name} holds Python objects besides tensors; if you trust its source, "
-                                  f"call load_pretrained(..., weights_only=False).") from None
-        raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (torch.load failed: {type(e).__name__}).") from None
-
-def _find_state_dict(ckpt: Any, checkpoint_key: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    "The state dict inside a checkpoint and a word on where it was found."
-    if not isinstance(ckpt, Mapping): raise CheckpointError(f"The checkpoint holds a {type(ckpt).__name__}, not a dict of tensors.")
-    if checkpoint_key is not None:
-        if checkpoint_key not in ckpt: raise CheckpointError(f"No {checkpoint_key!r} in the checkpoint; its keys are {list(ckpt)[:10]}.")
-        sd, where = ckpt[checkpoint_key], f"checkpoint[{checkpoint_key!r}]"
-    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        sd, where = ckpt, 'state dict'
-    else:   # DINO training checkpoints: teacher (what DINO evaluates), then the usual wrappers
-        key = next((k for k in ('teacher', 'model', 'state_dict', 'student', 'model_ema') if isinstance(ckpt.get(k), Mapping)), None)
-        if key is None: raise CheckpointError(f"No state dict in the checkpoint: its top-level keys are {list(ckpt)[:10]}; pass checkpoint_key=...")
-        sd, where = ckpt[key], f"checkpoint[{key!r}]"
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not sd: raise CheckpointError(f"The checkpoint's {where} holds no tensors.")
-    return sd, where
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
-    "Remove `module.` / `_orig_mod.` everywhere; keep only `backbone.*` when there is one. Returns (sd, set-aside keys, prefix note)."
-    stripped = set()
-    for p in _WRAPPER_PREFIXES:
-        if all(k.startswith(p) for k in sd): sd = {k[len(p):]: v for k, v in sd.items()}; stripped.add(p)
-    set_aside = []
-    if any(k.startswith('backbone.') for k in sd):   # DINO's MultiCropWrapper: backbone + projection head
-        set_aside = [k for k in sd if not k.startswith('backbone.')]
-        sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
-        stripped.add('backbone.')
-    return sd, set_aside, ''.join(p for p in (*_WRAPPER_PREFIXES, 'backbone.') if p in stripped)
-
-def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
-    "A short description of the architecture a state dict belongs to (ViT width, depth, patch, grid if it is one)."
-    if 'cls_token' in sd and 'patch_embed.proj.weight' in sd:
-        depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
-        w = sd['patch_embed.proj.weight']
-        convs = [v for k, v in sd.items() if k.startswith('patch_embed.stem.') and v.ndim == 4]   # ConvStem's 3x3 convs
-        stem = (f"conv stem widths {tuple(v.shape[0] for v in convs)}, in_chans={convs[0].shape[1]}" if convs
-                else f"patch_size={w.shape[-1]}, in_chans={w.shape[1]}")
-        n = sd['pos_embed'].shape[1] - 1 if 'pos_embed' in sd else 0
-        g = math.isqrt(n)
-        grid = f"{g}x{g}" if g * g == n else f"{n} positions"
-        return f"ViT (embed_dim={w.shape[0]}, depth={depth}, {stem}, pos grid {grid})"
-    first = ', '.join(f"{k} {tuple(v.shape)}" for k, v in list(sd.items())[:2])
-    return f"{len(sd)} tensors ({first}, ...)"
-
-def _grid_of(model: nn.Module, n: int) -> tuple[int, int]:
-    g = getattr(getattr(model, 'patch_embed', None), 'grid_size', None)
-    if g is not None and g[0] * g[1] == n: return tuple(g)
-    return (math.isqrt(n),) * 2
-
-def load_pretrained(model: nn.Module, path: str | Path | Mapping, checkpoint_key: str | None = None,
-                    weights_only: bool = True, verbose: bool = True) -> LoadReport:
-    """Load local weights into `model`: a plain/timm state dict, an official DINO checkpoint (teacher by default;
-    `module.`/`backbone.` prefixes; projection head ignored) or a `.safetensors` file. `path` may also be an
-    already loaded checkpoint dict. Raises `CheckpointMismatchError` rather than loading another architecture half-way."""
-    ckpt = _read_checkpoint(path, weights_only) if not isinstance(path, Mapping) else path
-    sd, where = _find_state_dict(ckpt, checkpoint_key)
-    sd, set_aside, prefix = _strip_prefixes(sd)
-    report = LoadReport(source=f"{where}" + (f", prefix {prefix!r} removed" if prefix else ''), ignored=list(set_aside))
-    own = model.state_dict()
-    is_head = lambda k: k.startswith(_HEAD_PREFIXES)
-    what = lambda: f"the checkpoint is {describe_state_dict(sd)} but the model is {describe_state_dict(own)}"
-    unexpected = [k for k in sd if k not in own and not is_head(k)]
-    missing = [k for k in own if k not in sd and not is_head(k)]
-    if unexpected or missing:
-        raise CheckpointMismatchError(f"Checkpoint does not fit the model: {what()} "
-                                      f"(model keys missing from it: {missing[:3]}, keys it has the model lacks: {unexpected[:3]}).")
-    to_load = {}
-    for k, v in sd.items():
-        if k not in own: report.ignored.append(k); continue               # a head the model doesn't have
-        if v.shape == own[k].shape: to_load[k] = v; continue
-        if k == 'pos_embed' and v.ndim == 3 and v.shape[-1] == own[k].shape[-1]:
-            # positional embedding learned for another image size: resize it like the forward pass would
-            old, new = (math.isqrt(v.shape[1] - 1),) * 2, _grid_of(model, own[k].shape[1] - 1)
-            if old[0] * old[1] == v.shape[1] - 1:
-                to_load[k] = resample_pos_embed(v, new, old, getattr(model, 'pos_interpolation', 'dino'))
-                report.resized.append(f"pos_embed {old[0]}x{old[1]}->{new[0]}x{new[1]}"); continue
-        if is_head(k): report.ignored.append(k); continue                  # e.g. 1000 ImageNet classes vs our 10: keep ours
-        raise CheckpointMismatchError(f"Checkpoint does not fit the model: {what()} ({k}: {tuple(v.shape)} vs {tuple(own[k].shape)}).")
-    report.missing = [k for k in own if k not in to_load]   # heads only, by the checks above
-    model.load_state_dict({**own, **to_load}, strict=True)
-    report.loaded = list(to_load)
-    if verbose: print(f"load_pretrained: {report}")
-    return report
+# %% ../nbs/02_vit.ipynb #dccb8ac7
+from .weights import CheckpointError, CheckpointMismatchError, LoadReport, describe_state_dict, load_pretrained
+_all_ = ['CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'describe_state_dict', 'load_pretrained']   # lesson 01c's, re-exported
 
 # %% ../nbs/02_vit.ipynb #1ecdf566
 _OUR_VITS = {'vit_tiny': vit_tiny, 'vit_small': vit_small, 'vit_base': vit_base}
