@@ -22,12 +22,12 @@ from .cli import register_command
 _all_ = ['jaccard']     # lesson 02b's Jaccard index, re-exported: one implementation for the whole course
 
 # %% auto #0
-__all__ = ['VOC_VOID', 'MASK_SOURCES', 'DINO_RELEASE', 'PRETRAINED', 'head_attention', 'combine_heads', 'upsample',
-           'mask_from_attention', 'plot_head_maps', 'overlay', 'attention_explorer', 'voc_targets', 'remove_blobs',
-           'attention_jaccards', 'segmentation_table', 'nearest_neighbours', 'same_class_share', 'plot_retrieval',
-           'LinearClassifier', 'Pretrained', 'weights_dir', 'pretrained_path', 'load_pretrained', 'pretrained_model',
-           'load_backbone', 'read_image', 'fit_to_patches', 'voc_items', 'evaluate_voc', 'attention_command',
-           'segment_eval_command', 'jaccard']
+__all__ = ['VOC_VOID', 'MASK_SOURCES', 'head_attention', 'combine_heads', 'upsample', 'mask_from_attention', 'plot_head_maps',
+           'overlay', 'attention_explorer', 'voc_targets', 'remove_blobs', 'attention_jaccards', 'segmentation_table',
+           'nearest_neighbours', 'same_class_share', 'plot_retrieval', 'read_image', 'fit_to_patches', 'voc_items',
+           'evaluate_voc', 'attention_command', 'segment_eval_command', 'jaccard', 'DINO_RELEASE', 'PRETRAINED',
+           'LinearClassifier', 'Pretrained', 'load_backbone', 'load_pretrained', 'pretrained_model', 'pretrained_path',
+           'weights_dir']
 
 # %% ../nbs/09_segment.ipynb #b5b49cc5
 def _as_input(images: Tensor, device) -> Tensor:
@@ -222,136 +222,13 @@ def plot_retrieval(queries: Tensor, bank: Tensor, neighbours: dict[str, Tensor],
     fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, top=0.9, bottom=0.01)
     return fig
 
-# %% ../nbs/09_segment.ipynb #5fef5f30
-DINO_RELEASE = 'https://dl.fbaipublicfiles.com/dino/'
-
-class LinearClassifier(nn.Module):
-    "The official linear-probe head (`eval_linear.py`): one `linear` layer on the concatenated features, 1000 ImageNet classes."
-    def __init__(self, in_features: int, num_classes: int = 1000):
-        super().__init__()
-        self.linear = nn.Linear(in_features, num_classes)
-    def forward(self, x: Tensor) -> Tensor: return self.linear(x.flatten(1))
-
-@dataclass(frozen=True)
-class Pretrained:
-    """An official DINO release file: its URL, the architecture it loads into (`build_backbone(arch, **kwargs)`, or
-    'linear' for a `LinearClassifier(**kwargs)`), and, where known, its size in bytes and SHA-256."""
-    url: str
-    arch: str
-    kwargs: dict = field(default_factory=dict)
-    size: int | None = None
-    sha256: str | None = None
-    note: str = ''
-
-    @property
-    def filename(self) -> str: return self.url.rsplit('/', 1)[-1]
-    def build(self) -> nn.Module:
-        "The architecture the file fits, randomly initialised."
-        return LinearClassifier(**self.kwargs) if self.arch == 'linear' else build_backbone(self.arch, **self.kwargs)
-
-def _release(folder: str, kind: str) -> str: return f'{DINO_RELEASE}{folder}/{folder.removesuffix("_pretrain")}_{kind}.pth'
-
-# The release (facebookresearch/dino README and hubconf.py) publishes URLs only: no sizes, no hashes. A download is
-# checked for truncation against the server's Content-Length, then loaded strictly into its architecture (every
-# tensor name and shape must match); `size` / `sha256` are checked whenever an entry records them.
-PRETRAINED: dict[str, Pretrained] = {
-    'dino_vits16': Pretrained(_release('dino_deitsmall16_pretrain', 'pretrain'), 'vit_small', dict(patch_size=16), note='ViT-S/16, 21M'),
-    'dino_vits8': Pretrained(_release('dino_deitsmall8_pretrain', 'pretrain'), 'vit_small', dict(patch_size=8), note='ViT-S/8, 21M'),
-    'dino_vitb16': Pretrained(_release('dino_vitbase16_pretrain', 'pretrain'), 'vit_base', dict(patch_size=16), note='ViT-B/16, 85M'),
-    'dino_vitb8': Pretrained(_release('dino_vitbase8_pretrain', 'pretrain'), 'vit_base', dict(patch_size=8), note='ViT-B/8, 85M'),
-    'dino_resnet50': Pretrained(_release('dino_resnet50_pretrain', 'pretrain'), 'resnet50', note='ResNet-50 (timm layout = torchvision\'s), 23M'),
-    # linear probes of eval_linear.py: ViT-S on the class tokens of the last 4 blocks; ViT-B on the last block's class
-    # token and mean patch token; ResNet-50 on its pooled features
-    'dino_vits16_linear': Pretrained(_release('dino_deitsmall16_pretrain', 'linearweights'), 'linear', dict(in_features=4 * 384)),
-    'dino_vits8_linear': Pretrained(_release('dino_deitsmall8_pretrain', 'linearweights'), 'linear', dict(in_features=4 * 384)),
-    'dino_vitb16_linear': Pretrained(_release('dino_vitbase16_pretrain', 'linearweights'), 'linear', dict(in_features=2 * 768)),
-    'dino_vitb8_linear': Pretrained(_release('dino_vitbase8_pretrain', 'linearweights'), 'linear', dict(in_features=2 * 768)),
-    'dino_resnet50_linear': Pretrained(_release('dino_resnet50_pretrain', 'linearweights'), 'linear', dict(in_features=2048)),
-}
-
-def weights_dir(root=None) -> Path:
-    "Where official weights are kept: `<data root>/weights` (the data root of `get_data_root`)."
-    return get_data_root(root) / 'weights'
-
-def _check_file(path: Path, entry: Pretrained):
-    "Refuse a file whose size or SHA-256 differs from what `entry` records (where it records them)."
-    if entry.size is not None and path.stat().st_size != entry.size:
-        raise ChecksumError(f"{path} has {path.stat().st_size:,} bytes, expected {entry.size:,}: delete it and download again.")
-    if entry.sha256 and file_hash(path, 'sha256') != entry.sha256.lower():
-        raise ChecksumError(f"{path}: SHA-256 differs from the recorded {entry.sha256}: delete it and download again.")
-
-def pretrained_path(name: str, root=None, download: bool = True, progress: bool = True) -> Path:
-    """The local file of official weights `name` (a key of `PRETRAINED`) under `weights_dir(root)`, downloaded there
-    first (with a progress bar) when missing and `download`. Offline, the error says which file to place where."""
-    if name not in PRETRAINED: raise ValueError(f"unknown weights {name!r}; official names: {', '.join(PRETRAINED)}")
-    entry = PRETRAINED[name]
-    path = weights_dir(root) / entry.filename
-    if path.is_file():
-        _check_file(path, entry); return path
-    where = f"download {entry.url} and place it at {path}"
-    if not download: raise FileNotFoundError(f"{name}: {path} is missing; {where}.")
-    try: download_url(entry.url, path, sha256=entry.sha256, progress=progress)
-    except ChecksumError: raise
-    except DownloadError as e: raise DownloadError(f"{name}: {e} Offline? {where}.") from None
-    try: _check_file(path, entry)
-    except ChecksumError: path.unlink(missing_ok=True); raise
-    return path
-
-def load_pretrained(model: nn.Module, name_or_path: str | Path, root=None, download: bool = True, verbose: bool = True) -> LoadReport:
-    """Load official DINO weights by name (`PRETRAINED`: 'dino_vits16', 'dino_vits8', 'dino_vitb16', 'dino_vitb8',
-    'dino_resnet50' and their '_linear' heads) into `model`, downloading them into the data root if needed; or a local
-    checkpoint file. Strict: every tensor of the file must fit the model (lesson 02's `load_pretrained` does the load)."""
-    path = pretrained_path(str(name_or_path), root, download) if str(name_or_path) in PRETRAINED else Path(name_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file {str(path)!r}, and {str(name_or_path)!r} is not an official name ({', '.join(PRETRAINED)})")
-    report = load_weights_file(model, path, verbose=verbose)
-    if report.missing: raise CheckpointError(f"{path.name} left {len(report.missing)} tensors of the model unset ({report.missing[:3]}): not a strict fit.")
-    return report
-
-def pretrained_model(name: str, root=None, download: bool = True, verbose: bool = False) -> nn.Module:
-    "The architecture of official weights `name`, with those weights loaded, in eval mode."
-    model = PRETRAINED[name].build() if name in PRETRAINED else None
-    if model is None: raise ValueError(f"unknown weights {name!r}; official names: {', '.join(PRETRAINED)}")
-    load_pretrained(model, name, root, download, verbose)
-    return model.eval()
+# %% ../nbs/09_segment.ipynb #fb9238ac
+from .pretrained import (DINO_RELEASE, PRETRAINED, LinearClassifier, Pretrained, load_backbone, load_pretrained,
+                                    pretrained_model, pretrained_path, weights_dir)
+_all_ = ['DINO_RELEASE', 'PRETRAINED', 'LinearClassifier', 'Pretrained', 'load_backbone', 'load_pretrained', 'pretrained_model',
+         'pretrained_path', 'weights_dir']   # appendix 08b_pretrained's, re-exported
 
 # %% ../nbs/09_segment.ipynb #72e484ce
-def _course_models() -> list[str]:
-    try: d = _models_dir()
-    except FileNotFoundError: return []
-    return sorted(p.stem for p in d.glob('*.json') if (d / f'{p.stem}.pth').is_file())
-
-def load_backbone(weights: str, root=None, download: bool = True, seed: int = 0) -> tuple[nn.Module, int]:
-    """A ViT (or CNN) backbone in eval mode and its natural input size, from `weights`: a course model
-    ('dino_vit_conv_shapes', in data/models), an official name ('dino_vits16', ...), `random:NAME` (NAME's
-    architecture at random init, seeded by `seed`) or a run directory of `dino-course train` (config.json + backbone.pth).
-    Raises `ConfigError` with what to do for anything else."""
-    name = str(weights)
-    rand = name.startswith('random:')
-    if rand: name = name[len('random:'):]
-    if name in _course_models():
-        model, manifest = load_course_model(name)
-        cfg, size = TrainConfig.from_dict(manifest['config']), manifest['config']['global_size']
-        if rand: torch.manual_seed(seed); model = backbone_from_config(cfg)
-        return model.eval(), size
-    if name in PRETRAINED and PRETRAINED[name].arch != 'linear':
-        if rand: torch.manual_seed(seed); return PRETRAINED[name].build().eval(), 480
-        try: return pretrained_model(name, root, download), 480
-        except (DownloadError, FileNotFoundError) as e: raise ConfigError(str(e)) from None
-        except CheckpointError as e:
-            raise ConfigError(f"{name}: {e} Delete {weights_dir(root) / PRETRAINED[name].filename} and run again to download it anew.") from None
-    run = Path(name).expanduser()
-    if run.is_dir() and (run / 'config.json').is_file() and (run / 'backbone.pth').is_file():
-        cfg = TrainConfig.from_dict(json.loads((run / 'config.json').read_text()))
-        model = backbone_from_config(cfg)
-        if not rand:
-            try: load_weights_file(model, run / 'backbone.pth', verbose=False)
-            except CheckpointError as e: raise ConfigError(f"{run / 'backbone.pth'}: {e}") from None
-        return model.eval(), cfg.global_size
-    known = _course_models() + [n for n, e in PRETRAINED.items() if e.arch != 'linear']
-    raise ConfigError(f"unknown weights {weights!r}: use a course model or an official name ({', '.join(known)}), "
-                      f"random:NAME, or a `dino-course train` run directory (config.json + backbone.pth)")
-
 def read_image(path: str | Path) -> Tensor:
     "An image file as a uint8 RGB tensor `(3, H, W)`; `ConfigError` if it is missing or unreadable."
     from PIL import Image, UnidentifiedImageError
