@@ -4,20 +4,18 @@
 
 # %% ../nbs/09_segment.ipynb #3645a8ab
 from __future__ import annotations
-import argparse, json
-from dataclasses import dataclass, field
+import argparse
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from .augment import to_normalized
-from .data import get_data_root, download_url, file_hash, DownloadError, ChecksumError, DatasetNotFoundError, get_dataset
-from .vit import build_backbone, load_pretrained as load_weights_file, LoadReport, CheckpointError
+from .data import DatasetNotFoundError, get_dataset
 from .evaluate import mass_masks, jaccard, extract_features, shapes_masks_bank, SEG_SEED
-from .train import load_course_model, backbone_from_config, TrainConfig, ConfigError, _models_dir
+from .train import load_course_model, backbone_from_config, TrainConfig, ConfigError
 from .cli import register_command
 _all_ = ['jaccard']     # lesson 02b's Jaccard index, re-exported: one implementation for the whole course
 
