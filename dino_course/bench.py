@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_bench.ipynb #a5f1651a
 from __future__ import annotations
-import json, os, sys, tempfile, time
+import contextlib, json, os, sys, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -22,9 +22,9 @@ from .train import (TrainConfig, validate_config, make_trainer, train, knn_bank,
 from .cli import register_command
 
 # %% auto #0
-__all__ = ['FAMILIES', 'benchmark_throughput', 'SupervisedMethod', 'supervised_baseline', 'knn_at', 'benchmark_knn',
-           'plot_ladder', 'knn_benchmark_table', 'knn_at_images', 'benchmark_families', 'plot_families',
-           'families_table']
+__all__ = ['FAMILIES', 'benchmark_throughput', 'SupervisedMethod', 'supervised_baseline', 'knn_at', 'ladder_baselines',
+           'benchmark_knn', 'plot_ladder', 'knn_benchmark_table', 'knn_at_images', 'benchmark_families',
+           'plot_families', 'families_table']
 
 # %% ../nbs/10_bench.ipynb #97659502
 def benchmark_throughput(cfg: TrainConfig | None = None, steps: int = 10, warmup: int = 3, verbose: bool = True,
@@ -97,6 +97,29 @@ def knn_at(curve: Sequence[dict], seconds: float) -> float | None:
     done = [e['knn_top1'] for e in curve if e['seconds'] <= seconds + 5 and e.get('knn_top1') is not None]
     return done[-1] if done else None
 
+def _shapes_only(cfg: TrainConfig, what: str) -> None:
+    if cfg.data != 'shapes': raise ConfigError(f"{what} runs on the built-in shapes (--data shapes): its supervised baseline draws labelled shapes")
+
+@contextlib.contextmanager
+def ladder_baselines(cfg: TrainConfig, verbose: bool = True):
+    """What every benchmark of this lesson starts with: `cfg.threads` torch threads (restored at the end), `cfg`'s kNN
+    bank, the seed, and the baselines a learned model is drawn beside. Yields `(evaluator, device, res)`; `res` holds
+    the config, the date, the machine and the kNN top-1 of raw pixels and of the random backbone."""
+    import platform
+    device = get_device(cfg.device)
+    old_threads = torch.get_num_threads()
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    try:
+        evaluator = knn_bank(cfg, device)
+        seed_everything(cfg.seed)
+        res = {'config': cfg.to_dict(), 'date': time.strftime('%Y-%m-%d'),
+               'machine': f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}",
+               'pixels': evaluator(nn.Flatten()),          # raw pixels: the flattened image is the feature
+               'random_init': evaluator(backbone_from_config(cfg).to(device))}
+        if verbose: print(f"raw pixels: kNN {res['pixels']:.1f}%; random {cfg.arch}: kNN {res['random_init']:.1f}%", flush=True)
+        yield evaluator, device, res
+    finally: torch.set_num_threads(old_threads)
+
 def benchmark_knn(cfg: TrainConfig | None = None, minutes: float | None = None, dino_metrics: dict | None = None,
                   supervised: bool = True, simclr: bool = True, verbose: bool = True, **overrides) -> dict:
     """The ladder: kNN top-1 (%) against seconds of DINO, next to raw pixels, the random backbone, SimCLR (the
@@ -106,21 +129,9 @@ def benchmark_knn(cfg: TrainConfig | None = None, minutes: float | None = None, 
     directories (under `cfg.out` if set), or takes DINO's finished run from `dino_metrics`. Prints a table."""
     cfg = replace(cfg or TrainConfig(), **overrides)
     minutes = minutes or cfg.minutes or 10
-    if cfg.data != 'shapes': raise ConfigError("benchmark_knn runs on the built-in shapes (--data shapes); its supervised "
-                                               "baseline draws labelled shapes")
+    _shapes_only(cfg, 'benchmark_knn')
     cfg = validate_config(replace(cfg, minutes=minutes, epochs=None if dino_metrics is None else cfg.epochs))
-    device = get_device(cfg.device)
-    old_threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try:
-        evaluator = knn_bank(cfg, device)
-        seed_everything(cfg.seed)
-        import platform
-        res = {'config': cfg.to_dict(), 'date': time.strftime('%Y-%m-%d'),
-               'machine': f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}",
-               'pixels': evaluator(nn.Flatten()),          # raw pixels: the flattened image is the feature
-               'random_init': evaluator(backbone_from_config(cfg).to(device))}
-        if verbose: print(f"raw pixels: kNN {res['pixels']:.1f}%; random {cfg.arch}: kNN {res['random_init']:.1f}%", flush=True)
+    with ladder_baselines(cfg, verbose) as (evaluator, device, res):
         keys = ('knn_top1', 'knn_top1_best', 'knn_top1_init', 'seconds', 'images_seen', 'images_per_second', 'knn_curve',
                 'jaccard', 'jaccard_init')
         with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +145,6 @@ def benchmark_knn(cfg: TrainConfig | None = None, minutes: float | None = None, 
             if supervised:
                 if verbose: print(f"supervised {cfg.arch}, {minutes:g} min:", flush=True)
                 res['supervised'] = supervised_baseline(cfg, minutes * 60, evaluator, device, out=root / 'supervised', verbose=verbose)
-    finally: torch.set_num_threads(old_threads)
     if verbose: print(knn_benchmark_table(res))
     return res
 
@@ -203,21 +213,12 @@ def benchmark_families(cfg: TrainConfig | None = None, minutes: float | None = N
     and images), images/s and final kNN; the runs are kept under `cfg.out/<method>` if `out` is set."""
     cfg = replace(cfg or TrainConfig(), **overrides)
     minutes = minutes or cfg.minutes or 5
-    if cfg.data != 'shapes': raise ConfigError("benchmark_families runs on the built-in shapes (--data shapes): its supervised baseline draws labelled shapes")
+    _shapes_only(cfg, 'benchmark_families')
     unknown = [m for m in methods if m not in METHODS]
     if unknown: raise ConfigError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(sorted(METHODS))}")
     cfg = validate_config(replace(cfg, minutes=minutes, epochs=None))
-    device = get_device(cfg.device)
-    old_threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try:
-        evaluator = knn_bank(cfg, device)
-        seed_everything(cfg.seed)
-        import platform
-        res = {'config': cfg.to_dict(), 'minutes': minutes, 'methods': list(methods), 'date': time.strftime('%Y-%m-%d'),
-               'machine': f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {device}",
-               'pixels': evaluator(nn.Flatten()), 'random_init': evaluator(backbone_from_config(cfg).to(device)), 'runs': {}}
-        if verbose: print(f"raw pixels: kNN {res['pixels']:.1f}%; random {cfg.arch}: kNN {res['random_init']:.1f}%", flush=True)
+    with ladder_baselines(cfg, verbose) as (evaluator, device, res):
+        res.update(minutes=minutes, methods=list(methods), runs={})
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(cfg.out) if cfg.out else Path(tmp)
             for name in methods:
@@ -227,7 +228,6 @@ def benchmark_families(cfg: TrainConfig | None = None, minutes: float | None = N
             if supervised:
                 if verbose: print(f"supervised {cfg.arch}, {minutes:g} min:", flush=True)
                 res['supervised'] = supervised_baseline(cfg, minutes * 60, evaluator, device, out=root / 'supervised', verbose=verbose)
-    finally: torch.set_num_threads(old_threads)
     if verbose: print(families_table(res))
     return res
 

@@ -4,39 +4,35 @@
 
 # %% ../nbs/02c_learner.ipynb #957c02e4
 from __future__ import annotations
-import contextlib, json, math, os, random, signal, sys, tempfile, threading, time, warnings
+import json, math, signal, sys, threading, time, warnings
 from dataclasses import field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.distributed as dist
-import matplotlib.pyplot as plt
-from .core import get_device, progress
-from .evaluate import KNNEvaluator, attention_maps, plot_attention
+from .core import progress
+from .evaluate import KNNEvaluator
+# the learner's engineering, in appendices (re-exported: `from dino_course.learner import Checkpoint` keeps working)
+from .checkpoint import (ConfigError, ResumeError, NonFiniteLossError, TrainingInterrupted, CHECKPOINT, atomic_save,
+                                    write_text, rng_state, set_rng_state, load_checkpoint, config_differences)   # 00c_checkpoint
+from .distributed import DistEnv, init_distributed, barrier, wrap_ddp                               # 00d_distributed
+from .callbacks import (STOP_REASONS, Callback, diverged, Checkpoint, CheckpointEvery, NonFiniteGuard, log_line, Log,
+                                   save_figure, plot_history, Figures)                                        # 02bb_run_callbacks
+_all_ = ['ConfigError', 'ResumeError', 'NonFiniteLossError', 'TrainingInterrupted', 'CHECKPOINT', 'atomic_save', 'write_text',
+         'rng_state', 'set_rng_state', 'load_checkpoint', 'config_differences', 'DistEnv', 'init_distributed', 'barrier', 'wrap_ddp',
+         'STOP_REASONS', 'Callback', 'diverged', 'Checkpoint', 'CheckpointEvery', 'NonFiniteGuard', 'log_line', 'Log', 'save_figure',
+         'plot_history', 'Figures']
 
 # %% auto #0
-__all__ = ['STOP_REASONS', 'CHECKPOINT', 'ConfigError', 'ResumeError', 'NonFiniteLossError', 'TrainingInterrupted', 'option',
-           'bad_option', 'SSLMethod', 'make_augmentation', 'Callback', 'Trainer', 'atomic_save', 'write_text',
-           'rng_state', 'set_rng_state', 'load_checkpoint', 'config_differences', 'diverged', 'Checkpoint',
-           'CheckpointEvery', 'NonFiniteGuard', 'StepLimit', 'TimeBudget', 'CtrlC', 'KNNMonitor', 'ProgressBar',
-           'log_line', 'Log', 'save_figure', 'plot_history', 'Figures', 'DistEnv', 'init_distributed', 'barrier',
-           'wrap_ddp']
+__all__ = ['option', 'bad_option', 'SSLMethod', 'make_augmentation', 'cosine_scheduler', 'get_params_groups', 'set_lr_wd',
+           'clip_gradients', 'backward_step', 'Trainer', 'StepLimit', 'TimeBudget', 'CtrlC', 'KNNMonitor',
+           'ProgressBar', 'ConfigError', 'ResumeError', 'NonFiniteLossError', 'TrainingInterrupted', 'CHECKPOINT',
+           'atomic_save', 'write_text', 'rng_state', 'set_rng_state', 'load_checkpoint', 'config_differences',
+           'DistEnv', 'init_distributed', 'barrier', 'wrap_ddp', 'STOP_REASONS', 'Callback', 'diverged', 'Checkpoint',
+           'CheckpointEvery', 'NonFiniteGuard', 'log_line', 'Log', 'save_figure', 'plot_history', 'Figures']
 
 # %% ../nbs/02c_learner.ipynb #9b0b7534
-class ConfigError(ValueError):
-    "A configuration that cannot run (unknown architecture or method, nonsense numbers, missing data)."
-
-class ResumeError(RuntimeError):
-    "The run directory's checkpoint cannot be resumed (unreadable, or from a different configuration)."
-
-class NonFiniteLossError(FloatingPointError):
-    "Training diverged (loss or weights not finite); the last good checkpoint is kept."
-
-class TrainingInterrupted(KeyboardInterrupt):
-    "Ctrl-C during training: a checkpoint was saved; re-run the same command to resume."
-
 def option(default, help: str, group: str = 'run', choices: Sequence | None = None):
     "A config field: its default, its `--flag` help text, its `--help` group and (optionally) its allowed values."
     meta = dict(help=help, group=group, choices=choices)
@@ -102,19 +98,60 @@ def make_augmentation(cls, cfg, **kw):
     try: return cls(**args)
     except (TypeError, ValueError) as e: raise ConfigError(f"augmentation ({cls.__name__}): {e}") from None
 
+# %% ../nbs/02c_learner.ipynb #3b5fc502
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0) -> np.ndarray:
+    """One value per iteration (`epochs*niter_per_ep`), as the reference: linear warm-up from `start_warmup_value`
+    to `base_value` over `warmup_epochs`, then a half cosine from `base_value` down (or up) to `final_value`."""
+    warmup_iters = int(warmup_epochs * niter_per_ep)
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+def get_params_groups(model: nn.Module) -> list[dict]:
+    """Two optimiser groups, as the reference: `[{'params': weights}, {'params': biases and norms, 'weight_decay': 0.}]`.
+    Biases and 1-D parameters (norm scales/shifts) are not decayed; frozen parameters are left out.
+    The weight-decay schedule is applied to group 0 only (see `set_lr_wd`)."""
+    regularized, not_regularized = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad: continue
+        (not_regularized if name.endswith('.bias') or p.ndim <= 1 else regularized).append(p)
+    return [{'params': regularized}, {'params': not_regularized, 'weight_decay': 0.}]
+
+def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    "Set this iteration's learning rate on every group and weight decay on group 0 (the decayed one), as the reference's loop."
+    for i, g in enumerate(optimizer.param_groups):
+        g['lr'] = lr
+        if i == 0 and weight_decay is not None: g['weight_decay'] = weight_decay
+
+@torch.no_grad()
+def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
+    """Per-parameter gradient clipping, as the reference: each gradient with norm above `clip` is rescaled to `clip`.
+    Returns the norms before clipping (a 1-D tensor, no host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads: return torch.zeros(0)
+    norms = torch._foreach_norm(grads)
+    coefs = [(clip / (n + 1e-6)).clamp(max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
+    return torch.stack(norms)
+
+def backward_step(loss: Tensor, optimizer: torch.optim.Optimizer, model: nn.Module, clip_grad: float = 0.,
+                  scaler: torch.amp.GradScaler | None = None, before_update: Callable | None = None) -> None:
+    """The update every loop of the course shares: zero the gradients, backward (`scaler`: float16's loss scaling,
+    then unscaled), per-parameter clipping of `model`'s gradients to `clip_grad` (0: off), `before_update()` (DINO's
+    last-layer freeze), the optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None: scaler.scale(loss).backward(); scaler.unscale_(optimizer)
+    else: loss.backward()
+    if clip_grad: clip_gradients(model, clip_grad)
+    if before_update is not None: before_update()
+    if scaler is not None: scaler.step(optimizer); scaler.update()
+    else: optimizer.step()
+
 # %% ../nbs/02c_learner.ipynb #70f1b2a4
-STOP_REASONS = ('step limit', 'time budget', 'interrupted')     # least to most urgent
-
-class Callback:
-    "A hook into `Trainer.fit`; override the events you need. Lower `order` runs first."
-    order = 50
-
-def _clip_gradients(model: nn.Module, clip: float) -> None:
-    "Clip each parameter's gradient norm to `clip` (the reference's per-parameter clipping)."
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad.mul_((clip / (p.grad.detach().norm(2) + 1e-6)).clamp(max=1))
-
 class Trainer:
     """Train `method` on `batches` (`niter_per_ep`, `epoch(e, start) -> views`) with `optimizer` for `epochs`, the
     learning rate and weight decay following the per-step arrays `lr_schedule` and `wd_schedule`. `fit()` runs it and
@@ -144,9 +181,7 @@ class Trainer:
     # ---- one step
     def set_schedules(self, step: int) -> None:
         i = min(step, len(self.lr_schedule) - 1)
-        for j, g in enumerate(self.optimizer.param_groups):
-            g['lr'] = float(self.lr_schedule[i])
-            if j == 0: g['weight_decay'] = float(self.wd_schedule[i])   # group 1 (biases, norms) is never decayed
+        set_lr_wd(self.optimizer, float(self.lr_schedule[i]), float(self.wd_schedule[i]))   # group 1 (biases, norms): no decay
 
     def train_step(self, views: list[Tensor], step: int) -> tuple[float, dict[str, float]]:
         "One optimisation step at schedule position `step`; returns the loss (averaged over processes) and the method's statistics."
@@ -157,13 +192,8 @@ class Trainer:
         if self.env.world_size > 1: dist.all_reduce(values); values /= self.env.world_size
         values = values.tolist()                                         # one host sync per step
         self.callback('after_loss', values[0])                           # the non-finite guard stops here, before any update
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None: self.scaler.scale(loss).backward(); self.scaler.unscale_(self.optimizer)
-        else: loss.backward()
-        if self.clip_grad: _clip_gradients(self.method.student, self.clip_grad)
-        self.method.before_optimizer_step(step)
-        if self.scaler is not None: self.scaler.step(self.optimizer); self.scaler.update()
-        else: self.optimizer.step()
+        backward_step(loss, self.optimizer, self.method.student, self.clip_grad, self.scaler,
+                      lambda: self.method.before_optimizer_step(step))
         self.method.after_step(step)
         return values[0], dict(zip(stats, values[1:]))
 
@@ -230,154 +260,6 @@ class Trainer:
         self.history.append(e)
         if not partial: self.acc = {}
         self.callback('after_period', e)
-
-# %% ../nbs/02c_learner.ipynb #216008d1
-CHECKPOINT = 'checkpoint.pth'
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):          # not every OS/file system lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-
-def atomic_save(obj: Any, path: str | Path, writer: Callable | None = None) -> Path:
-    """Write `obj` to `path` atomically: `torch.save` (or `writer(obj, file)`) into a temporary file in the same
-    directory, fsync, `os.replace`. On any failure the temporary file is removed and an existing `path` is untouched."""
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    umask = os.umask(0); os.umask(umask)
-    with contextlib.suppress(OSError): os.fchmod(fd, 0o666 & ~umask)    # mkstemp's 0600 -> the usual permissions
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            (writer or torch.save)(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-def write_text(text: str, f) -> None: f.write(text.encode())
-
-def rng_state() -> dict:
-    "The global generators' states (torch CPU and CUDA, numpy, python), in types `torch.load(weights_only=True)` accepts."
-    _, key, pos, has_gauss, cached = np.random.get_state()
-    return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-            'numpy': {'key': torch.from_numpy(key.astype(np.int64)), 'pos': int(pos), 'has_gauss': int(has_gauss), 'cached': float(cached)},
-            'python': random.getstate()}
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s['torch'])
-    if s.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-    n = s['numpy']
-    np.random.set_state(('MT19937', n['key'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
-    random.setstate(s['python'])
-
-def load_checkpoint(path: str | Path) -> dict:
-    "Read a trainer checkpoint on the CPU; an unreadable or incomplete file raises `ResumeError` (the file is left as it is)."
-    path = Path(path)
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ResumeError(f"checkpoint {path} cannot be read ({why}); it is left untouched. Start a separate run with "
-                          f"a new --out, or --no-resume to start over here (the file is kept under another name).") from None
-    missing = [k for k in ('config', 'optimizer', 'epoch', 'it', 'step', 'rng', 'history') if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ResumeError(f"{path} is not a dino-course trainer checkpoint (no {', '.join(missing)}); use a new --out or --no-resume.")
-    return ckpt
-
-def config_differences(saved: dict, now: dict, ignore: Sequence[str] = ()) -> list[str]:
-    "The fields (outside `ignore`) in which two config dicts differ, as 'name: saved -> now'."
-    return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in sorted(set(saved) | set(now))
-            if k not in ignore and saved.get(k) != now.get(k)]
-
-# %% ../nbs/02c_learner.ipynb #38dcefde
-_POSITION = ('epoch', 'it', 'step', 'images_seen', 'seconds', 'train_seconds', 'history', 'acc')
-
-def diverged(t: Trainer, what: str) -> str:
-    "The message of a diverged run: where, and which checkpoint is kept."
-    path = getattr(t, 'checkpoint_path', None)
-    where = (f"the last good checkpoint {path} (epoch {t.last_good['epoch']}, step {t.last_good['step']}) is kept"
-             if getattr(t, 'last_good', None) else "no checkpoint had been written yet")
-    return (f"training diverged: {what} at epoch {t.epoch + 1}, step {t.step} (lr {t.optimizer.param_groups[0]['lr']:.3g}); "
-            f"stopped, {where}. Re-run with a lower --lr (or a longer --warmup-epochs) and --allow-changes to resume "
-            "from it, or with --no-resume to start over.")
-
-class Checkpoint(Callback):
-    """Atomic checkpoints in `run_dir` after every period (rank 0 writes; all ranks wait), `config` (a dict) stored
-    with them; `fit` starts from `resume` (a `load_checkpoint` dict) if given. Non-finite weights are never saved.
-    Without `resume` an existing checkpoint is moved aside (never deleted) and `config.json` is written."""
-    order = 0
-    def __init__(self, run_dir: str | Path, config: dict, resume: dict | None = None, extra: dict | None = None):
-        self.run_dir, self.config, self.resume, self.extra = Path(run_dir), config, resume, extra or {}   # extra: e.g. the data's classes
-
-    def state_dict(self, t: Trainer) -> dict:
-        return {'version': 1, 'config': self.config, **{name: m.state_dict() for name, m in t.method.named_children()},
-                'optimizer': t.optimizer.state_dict(), 'scaler': t.scaler.state_dict() if t.scaler else None,
-                **{k: getattr(t, k) for k in _POSITION}, 'step_log': t.step_log, 'rng': t.rng or rng_state(),
-                'time_budget': t.endless, 'progress': t.progress, **self.extra}
-
-    def load_state_dict(self, t: Trainer, ckpt: dict) -> None:
-        path = self.run_dir / CHECKPOINT
-        for name, m in t.method.named_children():
-            try: m.load_state_dict(ckpt[name])
-            except (KeyError, RuntimeError) as e:
-                first = str(e).strip().splitlines()[0][:200]
-                raise ResumeError(f"{path}: the saved '{name}' does not fit this model ({first}); use a new --out or --no-resume.") from None
-        try: t.optimizer.load_state_dict(ckpt['optimizer'])
-        except (ValueError, KeyError) as e: raise ResumeError(f"{path}: the optimizer state does not fit ({e}); use a new --out or --no-resume.") from None
-        if t.scaler is not None and ckpt.get('scaler'): t.scaler.load_state_dict(ckpt['scaler'])
-        for k in _POSITION: setattr(t, k, ckpt[k])
-        t.step_log, t.progress = ckpt.get('step_log', []), ckpt.get('progress', 0.)
-        set_rng_state(ckpt['rng'])
-        t.last_good = dict(epoch=t.epoch, step=t.step)
-
-    def before_fit(self, t: Trainer) -> None:
-        t.run_dir, t.checkpoint_path, t.last_good, t.resumed = self.run_dir, self.run_dir / CHECKPOINT, None, self.resume is not None
-        if t.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for tmp in self.run_dir.glob(f'.{CHECKPOINT}.*.tmp'): tmp.unlink(missing_ok=True)   # leftovers of a killed save
-            old = self.run_dir / CHECKPOINT
-            if self.resume is None and old.exists():     # --no-resume: never delete work, move it aside
-                kept = old.with_name(f"checkpoint-{time.strftime('%Y%m%d-%H%M%S')}.pth")
-                os.replace(old, kept)
-                print(f"--no-resume: the previous checkpoint is kept as {kept}", flush=True)
-            if self.resume is None: atomic_save(json.dumps(self.config, indent=1), self.run_dir / 'config.json', writer=write_text)
-        barrier(t.env)
-        if self.resume is not None: self.load_state_dict(t, self.resume)
-
-    def after_period(self, t: Trainer, entry: dict) -> None:
-        if not bool(torch.stack([p.isfinite().all() for p in t.method.parameters()]).all()):
-            raise NonFiniteLossError(diverged(t, "the weights are not finite"))
-        if t.env.is_main: atomic_save(self.state_dict(t), self.run_dir / CHECKPOINT)
-        barrier(t.env)
-        t.last_good = dict(epoch=t.epoch, step=t.step)
-
-    def after_fit(self, t: Trainer, summary: dict) -> None:
-        summary.update(run_dir=str(self.run_dir), checkpoint=str(self.run_dir / CHECKPOINT), method=self.config.get('method'),
-                       config=self.config)
-        if t.env.is_main: atomic_save(t.method.eval_backbone().state_dict(), self.run_dir / 'backbone.pth')
-
-class CheckpointEvery(Callback):
-    """Also checkpoint every `steps` steps inside an epoch (a long epoch on real data must not lose an hour to a crash),
-    without a log entry or an evaluation: the checkpoint holds the position and the period's running sums, so a
-    resumed run continues the epoch where it stopped. Every process reaches the same step, so DDP stays in step."""
-    order = 1
-    def __init__(self, steps: int): self.steps = steps
-    def after_step(self, t: Trainer, loss, stats) -> None:
-        if t.step % self.steps or t.it in (0, t.niter_per_ep): return      # epoch ends have their own checkpoint
-        ck = next(c for c in t.callbacks if isinstance(c, Checkpoint))
-        t.rng = rng_state()
-        if t.env.is_main: atomic_save(ck.state_dict(t), ck.run_dir / CHECKPOINT)
-        barrier(t.env)
-        t.last_good = dict(epoch=t.epoch, step=t.step)
-
-class NonFiniteGuard(Callback):
-    "Stop with `NonFiniteLossError` (before any update) when the loss is not finite; the last good checkpoint stays."
-    def after_loss(self, t: Trainer, loss: float) -> None:
-        if not math.isfinite(loss): raise NonFiniteLossError(diverged(t, f"the loss is {loss}"))
 
 # %% ../nbs/02c_learner.ipynb #4e7255b7
 class StepLimit(Callback):
@@ -486,156 +368,3 @@ class ProgressBar(Callback):
     def period_entry(self, t: Trainer, e: dict | None = None) -> None:
         if self.bar is not None: self.bar.close(); self.bar = None
     cleanup = period_entry
-
-# %% ../nbs/02c_learner.ipynb #e4891caf
-def log_line(e: dict, epochs: int | None = None, names: dict[str, str] | None = None) -> str:
-    "One printed line of a log entry: position, loss, the method's statistics (`names`: short names), kNN, speed, time."
-    parts = [f"epoch {e['epoch']:g}" + (f" (budget {100 * e['progress']:.0f}%)" if 'progress' in e else f"/{epochs}" if epochs else '')]
-    for k, name, fmt in [('loss', 'loss', '.4f'), *[(k, n, '.3f') for k, n in (names or {}).items()],
-                         ('knn_top1', 'kNN', '.1f'), ('images_per_second', 'img/s', '.0f')]:
-        if e.get(k) is not None: parts.append(f"{name} {e[k]:{fmt}}" + ('%' if k == 'knn_top1' else ''))
-    return '  '.join(parts) + f"  {e['seconds']:.0f}s"
-
-class Log(Callback):
-    "`log.jsonl` (the history, one line per period), a printed line per period, `metrics.json` and a closing line (rank 0)."
-    order = 20
-    def __init__(self, run_dir: str | Path, verbose: bool = True): self.run_dir, self.verbose = Path(run_dir), verbose
-    def print(self, t: Trainer, *args) -> None:
-        if self.verbose and t.env.is_main: print(*args, flush=True)
-    def write(self, t: Trainer) -> None:
-        if t.env.is_main: atomic_save(''.join(json.dumps(e) + '\n' for e in t.history), self.run_dir / 'log.jsonl', writer=write_text)
-    def line(self, t: Trainer, e: dict) -> str: return log_line(e, None if t.endless else t.epochs, t.method.log_names)
-
-    def before_fit(self, t: Trainer) -> None:
-        if getattr(t, 'resumed', False):
-            self.write(t)                                # the log matches the checkpoint, whatever happened after it
-            self.print(t, f"Resuming {self.run_dir} at epoch {t.epoch} (step {t.step})")
-        elif len(t.history) == 1: self.print(t, self.line(t, t.history[0]) + '  (before training)')
-    def after_period(self, t: Trainer, e: dict) -> None:
-        self.write(t); self.print(t, self.line(t, e))
-    def after_fit(self, t: Trainer, m: dict) -> None:
-        if t.env.is_main: atomic_save(json.dumps(m, indent=1), self.run_dir / 'metrics.json', writer=write_text)
-        barrier(t.env)
-        if m['stopped'] == 'interrupted': return
-        msg = {'finished': f"finished its time budget" if t.endless else 'finished', 'time budget': 'stopped at the time budget; re-run to continue',
-               'step limit': f"stopped at step {t.step} (stop_at_step); re-run to continue"}[m['stopped']]
-        knn = 'not evaluated' if m.get('knn_top1') is None else f"{m['knn_top1']:.1f}%"
-        if m.get('knn_top1_init') is not None and m.get('knn_top1') is not None: knn += f" (at initialisation {m['knn_top1_init']:.1f}%)"
-        if m.get('jaccard') is not None:
-            knn += f", attention-mask Jaccard {m['jaccard']:.3f}" + (f" (at initialisation {m['jaccard_init']:.3f})" if m.get('jaccard_init') is not None else '')
-        self.print(t, f"Run {msg}: kNN top-1 {knn}, {m['images_seen']} images, {m['seconds']:.0f}s. Run directory: {self.run_dir}")
-
-# %% ../nbs/02c_learner.ipynb #5e25fa22
-def save_figure(fig, path: Path) -> None:
-    atomic_save(fig, path, writer=lambda f, fh: f.savefig(fh, format='png', dpi=100, bbox_inches='tight'))
-    plt.close(fig)
-
-def plot_history(history: Sequence[dict], which: str = 'loss', step_log: Sequence[dict] | None = None,
-                 steps_per_epoch: int | None = None, out_dim: int | None = None, chance: float | None = None,
-                 lines: dict[str, float] | None = None):
-    """Curves of a run's log: 'loss' (the loss; then the method's statistics, such as DINO's teacher entropy and KL), per
-    step (thin lines, from `step_log`) and per epoch (dots, at the middle of the steps they average; `lines`: reference
-    levels, `out_dim` K adds log K, a uniform teacher), or 'knn' (top-1 against epochs and minutes, with the `chance` level).
-    None if there is nothing to plot."""
-    mids, prev = {}, 0.
-    for e in history:                   # an epoch's means sit in the middle of the steps they average
-        if e.get('loss') is not None: mids[id(e)] = (prev + e['epoch']) / 2
-        prev = e['epoch']
-    trained = [e for e in history if e.get('loss') is not None]
-    if which == 'loss':
-        if not trained and not step_log: return None
-        lines = dict(lines or {}, **({'log K (uniform)': math.log(out_dim)} if out_dim else {}))
-        stats = [k for k in (step_log[0] if step_log else trained[0]) if k not in ('step', 'loss')]
-        names = {'teacher_entropy': 'h(P_t)', 'kl': 'KL(P_t||P_s)'}
-        panels = [([('loss', 'loss')], 'training loss')] + ([([(k, names.get(k, k)) for k in stats], 'its statistics')] if stats else [])
-        fig, axs = plt.subplots(1, len(panels), figsize=(4 * len(panels), 2.8), squeeze=False)
-        for ax, (keys, title) in zip(axs[0], panels):
-            for j, (k, label) in enumerate(keys):
-                if step_log and steps_per_epoch and k in step_log[0]:
-                    ax.plot([r['step'] / steps_per_epoch for r in step_log], [r[k] for r in step_log], c=f'C{j}', lw=0.6, alpha=0.5)
-                pts = [e for e in trained if k in e]
-                if pts: ax.plot([mids[id(e)] for e in pts], [e[k] for e in pts], 'o-', c=f'C{j}', ms=3, label=label)
-            if k != 'loss':
-                for name, v in lines.items(): ax.axhline(v, ls='--', c='gray', lw=0.8, label=name)
-                ax.legend(fontsize=7)
-            ax.set_xlabel('epoch'); ax.set_title(title, fontsize=9); ax.grid(alpha=0.3)
-        fig.tight_layout(); return fig
-    evals = [e for e in history if e.get('knn_top1') is not None]
-    if not evals: return None
-    fig, axs = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
-    y = [e['knn_top1'] for e in evals]
-    axs[0].plot([e['epoch'] for e in evals], y, 'o-', ms=3); axs[0].set_xlabel('epoch'); axs[0].set_ylabel('kNN top-1 (%)')
-    axs[1].plot([e['seconds'] / 60 for e in evals], y, 'o-', ms=3); axs[1].set_xlabel('minutes (training and evaluation)')
-    for ax in axs:
-        ax.grid(alpha=0.3)
-        if chance: ax.axhline(chance, ls='--', c='gray', lw=0.8, label='chance')
-    if chance: axs[0].legend(fontsize=7)
-    fig.tight_layout(); return fig
-
-def _chance(evaluator: KNNEvaluator | None) -> float | None:
-    "Top-1 (%) of always guessing the most frequent class of a kNN evaluator's test bank."
-    if evaluator is None or not isinstance(evaluator.test, tuple): return None
-    counts = torch.bincount(torch.as_tensor(evaluator.test[1]).long())
-    return 100 * counts.max().item() / counts.sum().item()
-
-def _sample_images(evaluator: KNNEvaluator, n: int) -> Tensor | None:
-    "The first `n` test images of a kNN bank: uint8 (shapes) or normalised float (datasets)."
-    test = evaluator.test
-    if isinstance(test, tuple): return test[0][:n]
-    items = [test[i][0] for i in range(min(n, len(test)))]
-    return torch.stack(items) if items and isinstance(items[0], Tensor) else None
-
-class Figures(Callback):
-    "loss.png, knn.png and attention.png in `run_dir` (rank 0): at most once a minute during the run, and at the end."
-    order = 30
-    def __init__(self, run_dir: str | Path, evaluator: KNNEvaluator | None = None): self.run_dir, self.evaluator, self.last = Path(run_dir), evaluator, 0.
-    def write(self, t: Trainer) -> None:
-        if not (t.env.is_main and t.history): return
-        for name, fig in [('loss.png', plot_history(t.history, 'loss', t.step_log, t.niter_per_ep, lines=t.method.plot_lines())),
-                          ('knn.png', plot_history(t.history, 'knn', chance=_chance(self.evaluator)))]:
-            if fig is not None: save_figure(fig, self.run_dir / name)
-        images = _sample_images(self.evaluator, 8) if self.evaluator is not None else None
-        maps = attention_maps(t.method.eval_backbone(), images, t.device) if images is not None else None
-        if maps is not None: save_figure(plot_attention(images, maps, title='evaluation backbone: attention (last block, mean of heads)'),
-                                         self.run_dir / 'attention.png')
-    def after_period(self, t: Trainer, e: dict) -> None:
-        if t.stop is None and (t.endless or t.epoch < t.epochs) and time.time() - self.last > 60: self.write(t); self.last = time.time()
-    def after_fit(self, t: Trainer, summary: dict) -> None: self.write(t)
-
-# %% ../nbs/02c_learner.ipynb #c6090fd3
-from dataclasses import dataclass
-
-@dataclass
-class DistEnv:
-    "Where this process sits in a `torchrun` job (rank 0 of 1 without one)."
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False     # True if `init_distributed` created the process group (and should destroy it)
-    @property
-    def is_main(self) -> bool: return self.rank == 0
-
-def init_distributed(device: str | None = None) -> tuple[DistEnv, torch.device]:
-    """Join the `torchrun` process group when `WORLD_SIZE > 1` (NCCL on CUDA, gloo on CPU) and pick this
-    process's device (`cuda:LOCAL_RANK` on GPUs). A group created beforehand by the caller is used as is."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    dev = get_device(device)
-    if dev.type == 'cuda' and dev.index is None and world > 1: dev = torch.device('cuda', local_rank)
-    if dev.type == 'cuda' and dev.index is not None: torch.cuda.set_device(dev)
-    if dist.is_available() and dist.is_initialized():
-        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, False), dev
-    if world <= 1: return DistEnv(), dev
-    dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, True), dev
-
-def barrier(env: DistEnv) -> None:
-    if env.world_size > 1: dist.barrier()
-
-def wrap_ddp(method: SSLMethod, env: DistEnv, device: torch.device) -> SSLMethod:
-    "Under several processes, make the method's forward pass go through DDP (SyncBatchNorm on CUDA, as the reference)."
-    if env.world_size > 1:
-        if device.type == 'cuda': nn.SyncBatchNorm.convert_sync_batchnorm(method)   # in place below the top module
-        method.set_student_forward(nn.parallel.DistributedDataParallel(
-            method.student, device_ids=[device.index] if device.type == 'cuda' else None))
-    return method

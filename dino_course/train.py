@@ -4,45 +4,47 @@
 
 # %% ../nbs/05b_train.ipynb #908b6324
 from __future__ import annotations
-import contextlib, itertools, json, math, os, socket, sys, time, typing, warnings
+import contextlib, itertools, json, math, os, sys, time, typing, warnings
 from dataclasses import dataclass, fields, asdict, replace
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
-import torch.nn.functional as F
 import torch.distributed as dist
-import matplotlib.pyplot as plt
-from .core import get_device, amp_dtype, seed_everything, is_quiet, show_images
-from .data import make_shapes, get_dataset, DatasetNotFoundError, SHAPE_CLASSES
-from .augment import eval_transform
-from .vit import build_backbone
-from .evaluate import (extract_features, knn_classifier, KNNEvaluator, attention_maps, mass_masks, jaccard, SEG_SEED,
-                                  shapes_masks_bank, attention_jaccard, plot_attention)
-from .learner import (CheckpointEvery, SSLMethod, Trainer, Callback, ConfigError, ResumeError, NonFiniteLossError, TrainingInterrupted,
-                                 option, bad_option, DistEnv, init_distributed, barrier, wrap_ddp, atomic_save, write_text,
-                                 load_checkpoint, config_differences, CHECKPOINT, Checkpoint, NonFiniteGuard, StepLimit, TimeBudget,
-                                 CtrlC, KNNMonitor, ProgressBar, Log, Figures, plot_history, log_line)
-from .ssl import SimCLRMethod, SimCLRConfig, MoCoMethod, MoCoConfig, VICRegMethod, VICRegConfig, nt_xent
+from .core import get_device, amp_dtype, seed_everything
+from .evaluate import KNNEvaluator
+from .learner import (CheckpointEvery, SSLMethod, Trainer, ConfigError, ResumeError, NonFiniteLossError, TrainingInterrupted,
+                                 option, bad_option, DistEnv, init_distributed, wrap_ddp, atomic_save, write_text, load_checkpoint,
+                                 config_differences, CHECKPOINT, Checkpoint, NonFiniteGuard, StepLimit, TimeBudget, CtrlC, KNNMonitor,
+                                 ProgressBar, Log, Figures, plot_history, cosine_scheduler, get_params_groups)
+from .ssl import SimCLRMethod, SimCLRConfig, MoCoMethod, MoCoConfig, VICRegMethod, VICRegConfig
 from .byol import BYOLMethod, BYOLConfig
-from .dino import DINOMethod, DINOConfig, cosine_scheduler, get_params_groups
+from .dino import DINOMethod, DINOConfig
+# moved to their own lessons and appendices; re-exported so that `from dino_course.train import X` keeps working
+from .course_models import ARCH_PRESETS, OUR_ARCHS, backbone_from_config, export_course_model, load_course_model, _models_dir
+from .batches import (KNOWN_DATASETS, SHAPES, AUGMENT, PERMUTATION, LOADER, KNN_TRAIN_SEED, KNN_TEST_SEED, step_seed,
+                                 GlobalBatchSampler, Views, ShapesStream, DatasetBatches, knn_bank, data_classes, shapes_jaccard,
+                                 _splits, _resize_uint8)
+from .batches import make_batches as _make_batches
+from .rundir import run_directory, check_run_directory, RunLock, RecordChanges
+_all_ = ['ConfigError', 'ResumeError', 'NonFiniteLossError', 'TrainingInterrupted', 'atomic_save', 'load_checkpoint', 'CHECKPOINT',
+         'DistEnv', 'ARCH_PRESETS', 'OUR_ARCHS', 'backbone_from_config', 'export_course_model', 'load_course_model', 'KNOWN_DATASETS',
+         'SHAPES', 'AUGMENT', 'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'step_seed', 'GlobalBatchSampler', 'Views',
+         'ShapesStream', 'DatasetBatches', 'knn_bank', 'data_classes', 'shapes_jaccard', 'run_directory', 'check_run_directory',
+         'RunLock', 'RecordChanges']
 
 # %% auto #0
-__all__ = ['ARCH_PRESETS', 'OUR_ARCHS', 'KNOWN_DATASETS', 'TUPLE_FIELDS', 'RUN_FIELDS', 'CHANGEABLE_FIELDS', 'METHODS', 'SHAPES',
-           'AUGMENT', 'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'DEFAULT_EPOCHS', 'RunConfig',
-           'TrainConfig', 'register_method', 'get_method', 'validate_config', 'step_seed', 'GlobalBatchSampler',
-           'Views', 'ShapesStream', 'DatasetBatches', 'make_batches', 'knn_bank', 'backbone_from_config',
-           'check_crop_sizes', 'make_optimizer', 'check_run_directory', 'RunLock', 'data_classes', 'RecordChanges',
-           'run_directory', 'shapes_jaccard', 'make_trainer', 'calibrate_epochs', 'train', 'export_course_model',
-           'load_course_model']
+__all__ = ['TUPLE_FIELDS', 'RUN_FIELDS', 'CHANGEABLE_FIELDS', 'METHODS', 'DEFAULT_EPOCHS', 'RunConfig', 'TrainConfig',
+           'register_method', 'get_method', 'make_batches', 'validate_config', 'check_crop_sizes', 'make_optimizer',
+           'make_trainer', 'calibrate_epochs', 'train', 'ConfigError', 'ResumeError', 'NonFiniteLossError',
+           'TrainingInterrupted', 'atomic_save', 'load_checkpoint', 'CHECKPOINT', 'DistEnv', 'ARCH_PRESETS',
+           'OUR_ARCHS', 'backbone_from_config', 'export_course_model', 'load_course_model', 'KNOWN_DATASETS', 'SHAPES',
+           'AUGMENT', 'PERMUTATION', 'LOADER', 'KNN_TRAIN_SEED', 'KNN_TEST_SEED', 'step_seed', 'GlobalBatchSampler',
+           'Views', 'ShapesStream', 'DatasetBatches', 'knn_bank', 'data_classes', 'shapes_jaccard', 'run_directory',
+           'check_run_directory', 'RunLock', 'RecordChanges']
 
 # %% ../nbs/05b_train.ipynb #c5c936f3
-ARCH_PRESETS = {'vit_nano': ('vit_tiny', dict(depth=4, embed_dim=96, num_heads=3))}   # CPU-sized presets of the course's ViT
-OUR_ARCHS = ('vit_conv', 'vit_nano', 'vit_tiny', 'vit_small', 'vit_base')
-KNOWN_DATASETS = ('shapes', 'stl10', 'imagenette', 'cifar10')
-
 @dataclass
 class RunConfig:
     """The run's options, common to every method: data, backbone, the run's views, optimiser, budget, output, evaluation.
@@ -156,6 +158,10 @@ register_method('moco', MoCoMethod)
 register_method('vicreg', VICRegMethod)
 register_method('byol', BYOLMethod)
 
+def make_batches(cfg: TrainConfig, env: DistEnv, device: torch.device, method: type[SSLMethod] | None = None):
+    "The training-batch source of a config (appendix 05a_batches), with the views `method` (default: the config's) asks for."
+    return _make_batches(cfg, env, device, method or get_method(cfg.method))
+
 # options of the JSON pass-throughs that have their own flag: the flag must say it (one source of truth)
 _NAMED_IN_KWARGS = {'backbone_kwargs': {'patch_size': 'patch_size', 'img_size': 'global_size', 'drop_path_rate': 'drop_path',
                                         'drop_path': 'drop_path', 'small_input': 'small_input'},
@@ -233,181 +239,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     method.check_config(cfg)
     return cfg
 
-# %% ../nbs/05b_train.ipynb #f01989f0
-SHAPES, AUGMENT, PERMUTATION, LOADER = 1, 2, 3, 4     # stream ids for `step_seed`
-
-def step_seed(*keys: int) -> int:
-    "A 63-bit seed from integers (run seed, step, stream id) via numpy's `SeedSequence`: distinct keys give independent streams."
-    s = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
-    return int(s.astype(np.uint64)[0] << np.uint64(31) ^ s.astype(np.uint64)[1]) & (2**63 - 1)
-
-def _resize_uint8(x: Tensor, size: int) -> Tensor:
-    "uint8 `(B,3,H,W)` images resized (antialiased) to `size`x`size`."
-    if x.shape[-2:] == (size, size): return x
-    y = F.interpolate(x.float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
-
-class GlobalBatchSampler(torch.utils.data.Sampler):
-    """Index lists for one epoch of a dataset: a permutation drawn from `(seed, epoch)`, cut into global batches
-    (an incomplete last one is dropped), each cut into `world_size` equal slices of which `rank` gets its own.
-    `start` skips the first batches, to resume mid-epoch."""
-    def __init__(self, n: int, global_batch: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0):
-        self.n, self.g, self.seed, self.epoch, self.rank, self.world, self.start = n, global_batch, seed, epoch, rank, world_size, start
-    def __len__(self) -> int: return max(self.n // self.g - self.start, 0)
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, PERMUTATION)))
-        b = self.g // self.world
-        for i in range(self.start, self.n // self.g):
-            yield perm[i * self.g + self.rank * b: i * self.g + (self.rank + 1) * b].tolist()
-
-# %% ../nbs/05b_train.ipynb #6d08ea5a
-def _uses_batched_aug(cfg: TrainConfig) -> bool:
-    return cfg.aug == 'batched' or (cfg.aug == 'auto' and cfg.data == 'shapes')
-
-class Views(list):
-    "The views of one batch (global crops first), and the batch's `labels` (this process's slice) for methods that use them."
-    labels: Tensor | None = None
-
-class ShapesStream:
-    """The built-in shapes as an endless stream: step `s` draws a fresh global batch `make_shapes(batch_size,
-    image_size, seed=step_seed(seed, s, SHAPES))`, augments it on the device with `augment` (a generator seeded from
-    `(seed, s, AUGMENT)`) and keeps this process's slice."""
-    def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device, augment: nn.Module):
-        self.cfg, self.env, self.device = cfg, env, device
-        self.niter_per_ep = cfg.steps_per_epoch
-        self.augment = augment.to(device)
-
-    def images(self, step: int) -> Tensor:
-        "The global batch of step `step`: uint8 `(batch_size, 3, S, S)` on the CPU (its labels in `.labels`)."
-        imgs, labels, _ = make_shapes(self.cfg.batch_size, self.cfg.image_size, seed=step_seed(self.cfg.seed, step, SHAPES))
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
-        x.labels = torch.from_numpy(labels)
-        return x
-
-    def crops(self, images: Tensor, step: int) -> Views:
-        "The views of a global batch, sliced for this process: `[(b, 3, G, G)] * 2 + [(b, 3, L, L)] * n_local` for DINO."
-        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, AUGMENT))   # a CPU generator: the same crops on any device
-        crops = self.augment(images.to(self.device, non_blocking=True), generator=gen)
-        b = self.cfg.batch_size // self.env.world_size
-        views = Views(c[self.env.rank * b:(self.env.rank + 1) * b] for c in crops)
-        if getattr(images, 'labels', None) is not None: views.labels = images.labels[self.env.rank * b:(self.env.rank + 1) * b].to(self.device)
-        return views
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Views]:
-        steps = [epoch * self.niter_per_ep + it for it in range(start, self.niter_per_ep)]
-        if not steps: return
-        # a helper thread draws the next batch while this one trains (numpy releases the GIL): it matters on a GPU
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(self.images, steps[0])
-            for i, step in enumerate(steps):
-                images = nxt.result()
-                if i + 1 < len(steps): nxt = pool.submit(self.images, steps[i + 1])
-                yield self.crops(images, step)
-
-def _collate_crops(items):
-    "Per-image multi-crop items `(crops, label)` -> a list of batched crops, and the labels."
-    views = Views(torch.stack(c) for c in zip(*[it[0] for it in items]))
-    views.labels = torch.as_tensor([int(it[1]) for it in items])
-    return views
-
-def _collate_images(items):
-    x = torch.stack([it[0] for it in items])
-    return x, torch.as_tensor([int(it[1]) for it in items])
-
-class DatasetBatches:
-    """A real dataset read with `GlobalBatchSampler`: per-image augmentation in the DataLoader workers (the method's
-    `augmentation(cfg, per_image=True)`), or uint8 images of `image_size` augmented on the device (`augment`)."""
-    def __init__(self, cfg: TrainConfig, env: DistEnv, device: torch.device, method: type[SSLMethod]):
-        from torchvision.transforms import v2
-        self.cfg, self.env, self.device = cfg, env, device
-        self.batched = _uses_batched_aug(cfg)
-        if self.batched:
-            tf = v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(cfg.image_size, antialias=True), v2.CenterCrop(cfg.image_size)])
-            self.augment = method.augmentation(cfg).to(device)
-        else:
-            tf = method.augmentation(cfg, per_image=True)
-        self.dataset = _get_dataset(cfg, _splits(cfg.data)[0], tf)
-        self.niter_per_ep = len(self.dataset) // cfg.batch_size
-        if self.niter_per_ep < 1:
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the dataset ({len(self.dataset)} images)")
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Views]:
-        cfg = self.cfg
-        sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, epoch, self.env.rank, self.env.world_size, start)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
-            collate_fn=_collate_images if self.batched else _collate_crops,
-            # seeds the workers' augmentation from (seed, epoch, start, rank): reproducible for a fixed worker count
-            generator=torch.Generator().manual_seed(step_seed(cfg.seed, epoch, start, self.env.rank, LOADER)))
-        for it, batch in enumerate(loader, start):
-            if self.batched:
-                images, labels = batch
-                gen = torch.Generator().manual_seed(step_seed(cfg.seed, epoch * self.niter_per_ep + it, AUGMENT, self.env.rank))
-                views = Views(self.augment(images.to(self.device, non_blocking=True), generator=gen))
-            else: views, labels = Views(c.to(self.device, non_blocking=True) for c in batch), batch.labels
-            views.labels = labels.to(self.device)
-            yield views
-
-def _splits(data: str) -> tuple[str, str, str]:
-    "(self-supervised training split, kNN train split, kNN test split) of a dataset."
-    return {'stl10': ('train+unlabeled', 'train', 'test'), 'cifar10': ('train', 'train', 'test')}.get(data, ('train', 'train', 'val'))
-
-def _get_dataset(cfg: TrainConfig, split: str, transform):
-    "`get_dataset` with its 'not found' turned into a one-line `ConfigError`."
-    try: return get_dataset(cfg.data, split=split, root=cfg.data_root, transform=transform)
-    except DatasetNotFoundError as e: raise ConfigError(f"--data {cfg.data!r}: {e}") from None
-
-def make_batches(cfg: TrainConfig, env: DistEnv, device: torch.device, method: type[SSLMethod] | None = None):
-    "The training-batch source of a config, with the views `method` (default: the config's) asks for."
-    method = method or get_method(cfg.method)
-    return ShapesStream(cfg, env, device, method.augmentation(cfg)) if cfg.data == 'shapes' else DatasetBatches(cfg, env, device, method)
-
-# %% ../nbs/05b_train.ipynb #e052d0e0
-KNN_TRAIN_SEED, KNN_TEST_SEED = 10**9 + 7, 10**9 + 9
-
-def _subset(ds, n: int | None, seed: int):
-    if not n or n >= len(ds): return ds
-    return torch.utils.data.Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-
-def knn_bank(cfg: TrainConfig, device=None) -> KNNEvaluator:
-    "The kNN evaluator of a config: shapes banks drawn at `image_size` and resized to `global_size`, or the dataset's splits."
-    if cfg.data == 'shapes':
-        def bank(n, seed):
-            imgs, labels, _ = make_shapes(n, cfg.image_size, seed=seed)
-            return _resize_uint8(torch.from_numpy(imgs).permute(0, 3, 1, 2), cfg.global_size), torch.from_numpy(labels)
-        train, test = bank(cfg.knn_train or 5000, KNN_TRAIN_SEED), bank(cfg.knn_test or 2000, KNN_TEST_SEED)
-    else:
-        _, tr_split, te_split = _splits(cfg.data)
-        tf = eval_transform(cfg.global_size)
-        if cfg.data not in KNOWN_DATASETS and not (Path(cfg.data).expanduser() / te_split).is_dir():
-            # a folder without a val/ subfolder: a fixed fifth of it is held out as the kNN test set
-            ds = _get_dataset(cfg, tr_split, tf)
-            perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(KNN_TEST_SEED)).tolist()
-            k = max(1, len(ds) // 5)
-            train, test = torch.utils.data.Subset(ds, perm[k:]), torch.utils.data.Subset(ds, perm[:k])
-        else: train, test = _get_dataset(cfg, tr_split, tf), _get_dataset(cfg, te_split, tf)
-        train, test = _subset(train, cfg.knn_train, KNN_TRAIN_SEED), _subset(test, cfg.knn_test, KNN_TEST_SEED)
-    classes = getattr(getattr(train, 'dataset', train), 'classes', None)
-    if classes is not None and len(classes) < 2:
-        warnings.warn(f"--data {cfg.data} has one class ({classes[0]}): the kNN monitor's accuracy is 100% whatever the features, "
-                      "so it says nothing; give a labelled folder with class subfolders (or a val/ split) to measure learning", stacklevel=2)
-    return KNNEvaluator(train, test, cfg.knn_k, cfg.knn_t, device=device)
-
-# %% ../nbs/05b_train.ipynb #5aea6411
-_write_text = write_text              # (the course-model files below)
-
 # %% ../nbs/05b_train.ipynb #8a6d3a67
 DEFAULT_EPOCHS = 10
-
-def backbone_from_config(cfg: TrainConfig) -> nn.Module:
-    "The backbone a config names: the course's ViT (patch size, image size, stochastic depth), a timm ViT, or a timm CNN."
-    kw, arch = {}, cfg.arch
-    if arch in ARCH_PRESETS: arch, kw = ARCH_PRESETS[arch][0], dict(ARCH_PRESETS[arch][1])
-    if cfg.arch in OUR_ARCHS: kw.update(patch_size=cfg.patch_size, img_size=cfg.global_size, drop_path_rate=cfg.drop_path)
-    elif cfg.arch.startswith(('vit', 'deit')): kw = dict(img_size=cfg.global_size, dynamic_img_size=True, drop_path_rate=cfg.drop_path)
-    small = cfg.small_input if cfg.small_input is not None else (cfg.arch.startswith('resnet') and cfg.global_size <= 64)
-    try: return build_backbone(arch, small_input=bool(small), **{**kw, **cfg.backbone_kwargs})
-    except (ValueError, TypeError) as e: raise ConfigError(f"--arch {cfg.arch!r}: {e}") from None
 
 def check_crop_sizes(backbone: nn.Module, cfg: TrainConfig) -> None:
     """A timm backbone may not take every crop size (a patch larger than the local crop, a fixed input size): one
@@ -430,77 +263,6 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == 'adam': return torch.optim.Adam(groups)
     return torch.optim.AdamW(groups) if cfg.optimizer == 'adamw' else torch.optim.SGD(groups, lr=0., momentum=0.9)
 
-def check_run_directory(cfg: TrainConfig) -> Path:
-    """The run directory, refused up front (`ConfigError` naming --out) when it is a file, lies under a file, or
-    cannot be written; nothing is created here."""
-    d = run_directory(cfg)
-    if d.exists() and not d.is_dir(): raise bad_option('out', str(d), "is a file, not a folder: pass a folder for the run (it is created if missing)")
-    p = d
-    while not p.exists(): p = p.parent
-    if not p.is_dir(): raise bad_option('out', str(d), f"lies under {p}, which is a file: pass a folder path")
-    if not os.access(p, os.W_OK | os.X_OK): raise bad_option('out', str(d), f"cannot be written ({p} is not writable): pass a folder you can write to")
-    return d
-
-class RunLock:
-    """`<run dir>/.lock` while a run trains there (rank 0), so that two runs started on the same --out do not overwrite
-    each other. A lock whose process is gone (same host) is stale and taken over; the lock is removed at the end."""
-    def __init__(self, run_dir: str | Path): self.dir = Path(run_dir); self.path = self.dir / '.lock'
-    def holder(self) -> dict | None:
-        "The live holder of the lock ({'pid', 'host', 'started'}), or None."
-        try: h = json.loads(self.path.read_text()); pid = int(h['pid'])
-        except (OSError, ValueError, KeyError, TypeError): return None
-        if h.get('host') != socket.gethostname(): return h              # another machine: we cannot tell, so it is held
-        if pid == os.getpid(): return None
-        try: os.kill(pid, 0)
-        except ProcessLookupError: return None
-        except PermissionError: pass
-        return h
-    def __enter__(self):
-        self.created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                h = self.holder()
-                if h is not None:
-                    raise ConfigError(f"--out {self.dir} is in use by process {h['pid']} on {h['host']} (started {time.ctime(h.get('started', 0))}): "
-                                      f"wait for it or stop it, or use another --out (if no such run is alive, delete {self.path})")
-                self.path.unlink(missing_ok=True); continue              # stale: its process is gone
-            with os.fdopen(fd, 'w') as f: json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time()}, f)
-            return self
-        raise ConfigError(f"--out {self.dir}: could not take the lock {self.path}; delete it if no run is using this directory")
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-        if self.created and not any(self.dir.iterdir()): self.dir.rmdir()    # refused before anything was written: no trace
-
-def data_classes(cfg: TrainConfig) -> list[str] | None:
-    "The class folders of a folder dataset (its train split), recorded in the checkpoint; None for the named datasets."
-    if cfg.data in KNOWN_DATASETS: return None
-    root = Path(cfg.data).expanduser()
-    folder = root / _splits(cfg.data)[0] if (root / _splits(cfg.data)[0]).is_dir() else root
-    try: return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
-    except OSError: return None
-
-class RecordChanges(Callback):
-    "Put the options changed on resume (`--allow-changes`) into the first log entry after it."
-    def __init__(self, changed: list[str]): self.changed = changed
-    def period_entry(self, t, e: dict) -> None:
-        if self.changed: e['changed'] = self.changed; self.changed = []
-
-def run_directory(cfg: TrainConfig) -> Path:
-    "`--out`, or `runs/<method>-<data>-<arch>`: the same command finds the same directory (and resumes)."
-    if cfg.out: return Path(cfg.out).expanduser().absolute()
-    data = cfg.data if cfg.data in KNOWN_DATASETS else Path(cfg.data).name
-    return Path('runs').absolute() / f"{cfg.method}-{data}-{cfg.arch}"
-
-def shapes_jaccard(cfg: TrainConfig, device=None):
-    "For the built-in shapes: a function `backbone -> attention-mask Jaccard` on 256 fixed shapes at the backbone's input size."
-    if cfg.data != 'shapes': return None
-    imgs, masks = shapes_masks_bank(256, cfg.image_size)
-    if cfg.image_size != cfg.global_size:      # the backbone sees global-crop-sized images
-        imgs = _resize_uint8(imgs, cfg.global_size)
-        masks = F.interpolate(masks[:, None].float(), size=cfg.global_size, mode='nearest')[:, 0] > 0.5
-    return lambda backbone: attention_jaccard(backbone, imgs, masks, device=device)
 
 # %% ../nbs/05b_train.ipynb #1cac85cd
 def make_trainer(cfg: TrainConfig, env: DistEnv | None = None, device: torch.device | None = None,
@@ -639,48 +401,3 @@ def _train(cfg: TrainConfig, env, device, started: float, verbose: bool) -> dict
     trainer = make_trainer(cfg, env, device, evaluator, verbose, time_budget, ckpt, knn0, changed)
     if verbose and env.is_main and ckpt is None: print(f"Run directory: {run_directory(cfg)}", flush=True)
     return trainer.fit(started)
-
-# %% ../nbs/05b_train.ipynb #3b099820
-def _models_dir() -> Path:
-    from dino_course.data import _repo_root
-    root = _repo_root()
-    if root is None: raise FileNotFoundError("the course's trained models ship with a clone of the repository (data/models/); "
-                                             "install it with `pip install -e .` from a clone")
-    return root / 'data' / 'models'
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
-
-def export_course_model(run_dir: str | Path, name: str, command: str, models_dir: str | Path | None = None) -> Path:
-    "Copy a finished run's teacher backbone (`backbone.pth`) and a manifest (command, config, metrics, SHA-256) to `models_dir`."
-    run_dir, out = Path(run_dir), Path(models_dir) if models_dir else _models_dir()
-    metrics = json.loads((run_dir / 'metrics.json').read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f'{name}.pth'
-    atomic_save(torch.load(run_dir / 'backbone.pth', map_location='cpu', weights_only=True), weights)
-    keep = ('knn_top1', 'knn_top1_init', 'knn_top1_best', 'jaccard', 'jaccard_init', 'images_seen', 'seconds', 'steps',
-            'images_per_second', 'knn_curve', 'device', 'config')
-    manifest = {'name': name, 'command': command, 'sha256': _sha256(weights), 'bytes': weights.stat().st_size,
-                **{k: metrics.get(k) for k in keep}}
-    atomic_save(json.dumps(manifest, indent=1), out / f'{name}.json', writer=_write_text)
-    return weights
-
-def load_course_model(name: str = 'dino_vit_conv_shapes', device=None, models_dir: str | Path | None = None
-                      ) -> tuple[nn.Module, dict]:
-    "A trained backbone that ships with the course, hash-checked and loaded strictly, in eval mode: `(backbone, manifest)`."
-    d = Path(models_dir) if models_dir else _models_dir()
-    mf, weights = d / f'{name}.json', d / f'{name}.pth'
-    if not mf.is_file():
-        known = sorted(p.stem for p in d.glob('*.json')) if d.is_dir() else []
-        raise FileNotFoundError(f"no course model {name!r} in {d}; known: {', '.join(known) or 'none'}")
-    manifest = json.loads(mf.read_text())
-    if not weights.is_file() or _sha256(weights) != manifest['sha256']:
-        raise ResumeError(f"{weights} is missing or does not match the SHA-256 in {mf.name}; restore it with "
-                          f"`git checkout -- {weights}` or re-make it with: {manifest['command']}")
-    backbone = backbone_from_config(TrainConfig.from_dict(manifest['config']))
-    backbone.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True), strict=True)
-    return backbone.to(device or 'cpu').eval(), manifest
