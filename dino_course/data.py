@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'ARCHIVES', 'DATASET_NAMES', 'IMG_EXTENSIONS', 'make_shapes',
-           'ShapesDataset', 'PhotosDataset', 'DatasetNotFoundError', 'get_data_root', 'Archive', 'fetch_command',
-           'DownloadError', 'ChecksumError', 'file_hash', 'download_url', 'extract_archive', 'download_and_extract',
-           'download_dataset', 'LocalSTL10', 'LocalCIFAR10', 'NoisyImagenette', 'get_dataset', 'SafeImageFolder',
-           'label_fraction', 'label_subset', 'benchmark_shapes', 'main']
+__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'ARCHIVES', 'DATASET_NAMES', 'BUILT_IN', 'IMG_EXTENSIONS',
+           'make_shapes', 'ShapesDataset', 'PhotosDataset', 'DatasetNotFoundError', 'get_data_root', 'Archive',
+           'fetch_command', 'DownloadError', 'ChecksumError', 'file_hash', 'download_url', 'extract_archive',
+           'download_and_extract', 'download_dataset', 'LocalSTL10', 'LocalCIFAR10', 'NoisyImagenette', 'get_dataset',
+           'require_data', 'SafeImageFolder', 'label_fraction', 'label_subset', 'benchmark_shapes', 'main']
 
 # %% ../nbs/01_data.ipynb #56602510
 SHAPE_CLASSES = ['circle', 'square', 'triangle', 'star', 'cross', 'ring', 'crescent', 'heart', 'arrow', 'bowtie']
@@ -227,8 +227,11 @@ def _load_photos(split='train', root=None, transform=None, **kw):
     return PhotosDataset(transform, **kw)
 
 # %% ../nbs/01_data.ipynb #a647fc8c
-class DatasetNotFoundError(FileNotFoundError):
-    "A dataset is not on disk; the one-line message names it, where it looked, and how to fetch it."
+from .core import MissingFileError
+
+class DatasetNotFoundError(MissingFileError):
+    """A dataset is not on disk; the one-line message names it, where it looked, and how to fetch it. A
+    `FileNotFoundError` (through `core.MissingFileError`), shown in Jupyter as that line, not a traceback."""
 
 def _repo_root() -> Path | None:
     "The clone this package runs from (editable install), or None for a plain install."
@@ -509,6 +512,20 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = 'train', root: str
     folder = Path(name_or_path).expanduser()
     if (folder / split).is_dir(): folder = folder / split
     return SafeImageFolder(folder, transform=transform, **options)
+
+# %% ../nbs/01_data.ipynb #e6c59a55
+BUILT_IN = ('shapes', 'photos')
+
+def require_data(names: str | Sequence[str], split: str = 'train', root: str | os.PathLike | None = None,
+                 size: int | str = 320) -> str:
+    """Check that the datasets `names` can be loaded (`split`; Imagenette at `size`) before a lesson's real-data cells:
+    a one-line summary, or `DatasetNotFoundError` with the download command (one line in Jupyter, not a traceback)."""
+    lines = []
+    for name in [names] if isinstance(names, str) else names:
+        if name in BUILT_IN: lines.append(f'{name}: built in, nothing to fetch'); continue
+        ds = get_dataset(name, split, root=root, **({'size': size} if name == 'imagenette' else {}))
+        lines.append(f'{name} {split}: {len(ds):,} items in {get_data_root(root)}')
+    return '; '.join(lines)
 
 # %% ../nbs/01_data.ipynb #423edd4f
 IMG_EXTENSIONS = tvd.folder.IMG_EXTENSIONS
