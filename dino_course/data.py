@@ -523,7 +523,8 @@ def require_data(names: str | Sequence[str], split: str = 'train', root: str | o
     lines = []
     for name in [names] if isinstance(names, str) else names:
         if name in BUILT_IN: lines.append(f'{name}: built in, nothing to fetch'); continue
-        ds = get_dataset(name, split, root=root, **({'size': size} if name == 'imagenette' else {}))
+        try: ds = get_dataset(name, split, root=root, **({'size': size} if name == 'imagenette' else {}))
+        except DatasetNotFoundError as e: raise e.with_traceback(None) from None   # the loaders' frames say nothing more
         lines.append(f'{name} {split}: {len(ds):,} items in {get_data_root(root)}')
     return '; '.join(lines)
 
