@@ -27,6 +27,17 @@ def _python(s):
     "A cell's source without IPython-only lines (magics, shell escapes), parseable by `ast`."
     return '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in s.splitlines())
 
+def _bound(s):
+    "Names a cell binds at its top level (assignments, for loops, imports, definitions)."
+    names = set()
+    for node in ast.parse(_python(s)).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For))
+                   else [])
+        for t in targets: names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)): names.add(node.name)
+        if isinstance(node, (ast.Import, ast.ImportFrom)): names |= {(a.asname or a.name).split('.')[0] for a in node.names}
+    return names
+
 def _knobs_calls(stem):
     "(cell index, source of the call) of each `K = knobs(...)` in the lesson's (not exported) code cells."
     found = []
@@ -53,8 +64,11 @@ def test_lesson_declares_its_knobs_at_the_top(stem):
     cells = _cells(stem)
     if stem not in DEMO:
         assert i <= 6, f"{stem}: the knobs cell is code cell {i}; it belongs right after the imports"
-    first_use = next((j for j, c in enumerate(cells) if not _exported(c) and re.search(r'\bK(\.[A-Z_]+|\[)', _src(c))), None)
-    assert first_use is None or first_use >= i, f"{stem}: code cell {first_use} reads K before the knobs cell {i}"
+    reads = [j for j, c in enumerate(cells) if not _exported(c) and re.search(r'\bK(\.[A-Z_]+|\[)', _src(c))]
+    assert not reads or reads[0] >= i, f"{stem}: code cell {reads[0]} reads K before the knobs cell {i}"
+    # a later cell that rebinds K (say `K, B = 64, 8`) would hand the cells after it a number instead of the knobs
+    rebinds = [j for j, c in enumerate(cells) if j != i and not _exported(c) and 'K' in _bound(_src(c))]
+    assert not [j for j in reads if any(r < j for r in rebinds)], f"{stem}: cells {rebinds} rebind K before cells that read the knobs"
 
 
 @pytest.mark.parametrize('stem', LESSONS)
