@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #21abaafe
 from __future__ import annotations
 import os, random
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['AMP_CHOICES', 'SCALES', 'get_device', 'cpu_has_native_bf16', 'amp_dtype', 'seed_everything', 'get_scale', 'by_scale',
-           'is_quiet', 'progress', 'to_hwc_uint8', 'show_images', 'plot_curves']
+           'Knobs', 'knobs', 'MissingFileError', 'require_file', 'is_quiet', 'progress', 'to_hwc_uint8', 'show_images',
+           'plot_curves']
 
 # %% ../nbs/00_core.ipynb #d09c1c09
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -69,6 +71,64 @@ def get_scale(scale: str | None = None) -> str:
 def by_scale(cpu: Any, full: Any, scale: str | None = None) -> Any:
     "Pick the value for the current scale: `by_scale(cpu=64, full=1024)`."
     return full if get_scale(scale) == 'full' else cpu
+
+# %% ../nbs/00_core.ipynb #5cff426c
+def _show(v) -> str:
+    "A knob value as table text: tuples and lists without brackets' noise."
+    return ', '.join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+class Knobs(dict):
+    """A lesson's scale-dependent settings. Each knob is `NAME=(cpu, full)` or `NAME=(cpu, full, 'what it is')`; the
+    object holds the current scale's values (`K.NAME` or `K['NAME']`) and shows itself in a notebook as a table of
+    both scales. A setting equal at both scales is not a knob (a plain constant): declaring one raises `ValueError`."""
+    def __init__(self, scale: str | None = None, **pairs):
+        self.scale, self.spec = get_scale(scale), {}
+        for name, p in pairs.items():
+            if not isinstance(p, tuple) or len(p) not in (2, 3) or (len(p) == 3 and not isinstance(p[2], str)):
+                raise ValueError(f"knob {name}: give (cpu, full) or (cpu, full, 'what it is'), not {p!r}")
+            cpu, full, what = (*p, '')[:3]
+            if cpu == full: raise ValueError(f"knob {name} is {cpu!r} at both scales: a setting that does not change "
+                                             "with the scale is not a knob; make it a plain constant.")
+            self.spec[name] = (cpu, full, what)
+        super().__init__({n: full if self.scale == 'full' else cpu for n, (cpu, full, _) in self.spec.items()})
+
+    def __getattr__(self, name: str):
+        try: return self[name]
+        except KeyError: raise AttributeError(f"no knob {name!r}; this lesson's knobs: {', '.join(self) or 'none'}") from None
+
+    def rows(self) -> list[tuple[str, str, Any, Any]]:
+        "(knob, what it is, cpu value, full value) for each knob."
+        return [(n, what, cpu, full) for n, (cpu, full, what) in self.spec.items()]
+
+    def table(self) -> str:
+        "The knobs as a markdown table: what each is at the cpu and the full scale, and which one is in use."
+        if not self.spec: return f"No knobs: nothing in this lesson changes with the scale (now: {self.scale})."
+        head = f"| knob | what | cpu | full |\n|---|---|---|---|\n"
+        cell = lambda v, s: f"**{_show(v)}**" if s == self.scale else _show(v)
+        return head + ''.join(f"| `{n}` | {w} | {cell(c, 'cpu')} | {cell(f, 'full')} |\n" for n, w, c, f in self.rows()) + \
+               f"\nscale now: **{self.scale}** (set `DINO_COURSE_SCALE=cpu` or `full` before starting Jupyter)"
+
+    def _repr_markdown_(self) -> str: return self.table()
+    def __repr__(self) -> str:
+        if not self.spec: return self.table()
+        w = max(len(n) for n in self.spec)
+        return f"knobs at scale {self.scale!r} (cpu -> full):\n" + '\n'.join(
+            f"  {n:<{w}}  {_show(c)} -> {_show(f)}" + (f"   ({what})" if what else '') for n, what, c, f in self.rows())
+
+def knobs(scale: str | None = None, **pairs) -> Knobs:
+    "A lesson's knobs: `K = knobs(SIZE=(32, 224, 'image size, px'), ...)`; `K.SIZE` is the current scale's value."
+    return Knobs(scale, **pairs)
+
+# %% ../nbs/00_core.ipynb #7b731c9a
+class MissingFileError(FileNotFoundError):
+    "A file or dataset a cell needs is not on disk. IPython shows only its message (what is missing, how to fetch it)."
+    def _render_traceback_(self) -> list[str]: return [f"{type(self).__name__}: {self}"]
+
+def require_file(path: str | os.PathLike, how: str) -> Path:
+    "`path` if it exists, else raise `MissingFileError` saying `how` to get it (e.g. the download command)."
+    p = Path(path).expanduser()
+    if not p.exists(): raise MissingFileError(f"{p} not found: {how}")
+    return p
 
 # %% ../nbs/00_core.ipynb #c73c8003
 def is_quiet() -> bool:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'DATASET_NAMES', 'make_shapes', 'ShapesDataset',
-           'PhotosDataset', 'get_dataset', 'label_fraction', 'label_subset', 'benchmark_shapes', 'main', 'ARCHIVES',
-           'Archive', 'ChecksumError', 'DatasetNotFoundError', 'DownloadError', 'download_and_extract',
+__all__ = ['SHAPE_CLASSES', 'TEXTURES', 'SHAPES_SPLITS', 'PHOTOS', 'DATASET_NAMES', 'BUILT_IN', 'make_shapes', 'ShapesDataset',
+           'PhotosDataset', 'get_dataset', 'require_data', 'label_fraction', 'label_subset', 'benchmark_shapes', 'main',
+           'ARCHIVES', 'Archive', 'ChecksumError', 'DatasetNotFoundError', 'DownloadError', 'download_and_extract',
            'download_dataset', 'download_url', 'extract_archive', 'fetch_command', 'file_hash', 'get_data_root',
            'REAL_LOADERS', 'LocalCIFAR10', 'LocalSTL10', 'NoisyImagenette', 'IMG_EXTENSIONS', 'SafeImageFolder']
 
@@ -244,6 +244,21 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = 'train', root: str
         f"{str(name_or_path)!r} is neither a dataset name ({', '.join(DATASET_NAMES)}) nor a folder: the folder {folder} does not exist.")
     if (folder / split).is_dir(): folder = folder / split
     return SafeImageFolder(folder, transform=transform, **options)
+
+# %% ../nbs/01_data.ipynb #e6c59a55
+BUILT_IN = ('shapes', 'photos')
+
+def require_data(names: str | Sequence[str], split: str = 'train', root: str | os.PathLike | None = None,
+                 size: int | str = 320) -> str:
+    """Check that the datasets `names` can be loaded (`split`; Imagenette at `size`) before a lesson's real-data cells:
+    a one-line summary, or `DatasetNotFoundError` with the download command (one line in Jupyter, not a traceback)."""
+    lines = []
+    for name in [names] if isinstance(names, str) else names:
+        if name in BUILT_IN: lines.append(f'{name}: built in, nothing to fetch'); continue
+        try: ds = get_dataset(name, split, root=root, **({'size': size} if name == 'imagenette' else {}))
+        except DatasetNotFoundError as e: raise e.with_traceback(None) from None   # the loaders' frames say nothing more
+        lines.append(f'{name} {split}: {len(ds):,} items in {get_data_root(root)}')
+    return '; '.join(lines)
 
 # %% ../nbs/01_data.ipynb #d2dfe09d
 def _labels_of(data) -> np.ndarray:

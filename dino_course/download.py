@@ -15,8 +15,11 @@ __all__ = ['ARCHIVES', 'DatasetNotFoundError', 'get_data_root', 'Archive', 'fetc
            'file_hash', 'download_url', 'extract_archive', 'download_and_extract', 'download_dataset']
 
 # %% ../nbs/00b_download.ipynb #a647fc8c
-class DatasetNotFoundError(FileNotFoundError):
-    "A dataset is not on disk; the one-line message names it, where it looked, and how to fetch it."
+from .core import MissingFileError
+
+class DatasetNotFoundError(MissingFileError):
+    """A dataset is not on disk; the one-line message names it, where it looked, and how to fetch it. A
+    `FileNotFoundError` (through `core.MissingFileError`), shown in Jupyter as that line, not a traceback."""
 
 def _repo_root() -> Path | None:
     "The clone this package runs from (editable install), or None for a plain install."
