@@ -10,8 +10,9 @@ from typing import Optional
 import torch
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'step_stats', 'CollapseConfig', 'output_diversity', 'run_ablation', 'run_ablations', 'final_value',
-           'plot_collapse', 'collapse_table', 'run_seeds', 'seed_table', 'explore_collapse', 'collapse_explorer']
+__all__ = ['ABLATIONS', 'KNN_ABLATIONS', 'step_stats', 'CollapseConfig', 'output_diversity', 'run_ablation', 'run_ablations',
+           'final_value', 'plot_collapse', 'collapse_table', 'run_seeds', 'seed_table', 'knn_ablations',
+           'plot_knn_ablations', 'explore_collapse', 'collapse_explorer']
 
 # %% ../nbs/06_collapse.ipynb #31dea8dd
 def step_stats(dino_loss) -> dict[str, float]:
@@ -260,6 +261,65 @@ def seed_table(by_seed: dict[str, list[dict]], last: int = 10) -> str:
         mons = sorted({'ok' if h['status'] in (None, 'ok') else h['status'] for h in hs})
         rows.append(f"| {name} | {cell(hk, '.3f')} | {cell(kl, '.4f')} | {cell([h['knn'] for h in hs], '.1f')} | {', '.join(mons)} |")
     return '\n'.join(rows)
+
+# %% ../nbs/06_collapse.ipynb #1883921f
+KNN_ABLATIONS: dict[str, dict] = {              # lesson 05b's recipe (Sinkhorn-Knopp teacher), KoLeo off, one piece changed
+    'full DINO (Sinkhorn-Knopp)': {},
+    'full DINO (paper centering)': dict(centering='centering'),
+    'no centering': dict(centering='centering', use_centering=False),        # the center stays at 0
+    'no sharpening (centering)': dict(centering='centering', teacher_temp=0.1, warmup_teacher_temp=0.1),
+    'no sharpening (Sinkhorn-Knopp)': dict(teacher_temp=0.1, warmup_teacher_temp=0.1),
+}
+
+def knn_ablations(names: list[str] | None = None, epochs: int = 8, supervised: bool = True, path: str | None = None,
+                  verbose: bool = True, **overrides) -> dict:
+    """Lesson 05b's recipe without KoLeo, trained `epochs` x 100 steps of 128 shapes per entry of `KNN_ABLATIONS`
+    (`names`: a subset), each through `make_trainer`, with the teacher backbone's kNN every 100 steps on the
+    trainer's bank; plus raw pixels, the random backbone and (`supervised`) the 'supervised' method of lesson 10 with
+    the same budget. `overrides` change the config of every run (e.g. `threads=1`). Returns {'runs': {name: {'knn_curve',
+    'knn_top1', 'knn_top1_init', 'images_seen', 'seconds'}}, 'pixels', 'random_init', ...}; `path`: also written there."""
+    import json, platform, tempfile
+    from pathlib import Path
+    from dino_course.train import TrainConfig, make_trainer, knn_bank, backbone_from_config, METHODS
+    names = list(KNN_ABLATIONS) if names is None else names
+    bad = [n for n in names if n not in KNN_ABLATIONS]
+    if bad: raise ValueError(f"Unknown ablation(s) {bad}; use names from {list(KNN_ABLATIONS)}.")
+    if supervised and 'supervised' not in METHODS:
+        raise ValueError("knn_ablations(supervised=True) needs the 'supervised' method: `import dino_course.bench` first (lesson 10).")
+    base = dict(epochs=epochs, steps_per_epoch=100, batch_size=128, eval_every=1, figures=False, koleo_weight=0.) | overrides
+    cfg0 = TrainConfig(**base)
+    evaluator = knn_bank(cfg0, get_device(cfg0.device))
+    seed_everything(cfg0.seed)
+    res = {'command': f"knn_ablations(epochs={epochs}, {', '.join(f'{k}={v!r}' for k, v in overrides.items())})",
+           'date': time.strftime('%Y-%m-%d'), 'machine': f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+           'pixels': evaluator(torch.nn.Flatten()), 'random_init': evaluator(backbone_from_config(cfg0)), 'runs': {}}
+    todo = [(n, KNN_ABLATIONS[n]) for n in names] + ([('supervised', dict(method='supervised'))] if supervised else [])
+    for name, change in todo:
+        change = dict(change); centering_on = change.pop('use_centering', True)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = make_trainer(TrainConfig(**{**base, **change, 'out': tmp}), evaluator=evaluator, verbose=False)
+            if not centering_on: trainer.method.dino_loss.use_centering = False     # no flag on purpose: only this ablation wants it
+            t0 = time.time(); m = trainer.fit()
+        res['runs'][name] = {k: m.get(k) for k in ('knn_top1', 'knn_top1_init', 'knn_curve', 'images_seen')} | {'seconds': time.time() - t0}
+        if verbose: print(f"{name}: kNN {m['knn_top1_init']:.1f}% -> {m['knn_top1']:.1f}% in {time.time() - t0:.0f} s", flush=True)
+        if path: Path(path).write_text(json.dumps(res, indent=1))
+    return res
+
+
+# %% ../nbs/06_collapse.ipynb #5ba647cd
+def plot_knn_ablations(res: dict, ax=None, figsize=(6.5, 3.4)):
+    """kNN top-1 (%) of the teacher backbone against steps for every run of `knn_ablations`' result `res`, on one
+    axis with raw pixels and the random backbone (dashed) and the supervised ceiling."""
+    if ax is None: _, ax = plt.subplots(figsize=figsize)
+    for name, r in res['runs'].items():
+        c = r['knn_curve']
+        ax.plot([e['step'] for e in c], [e['knn_top1'] for e in c], label=name, lw=2 if name == 'supervised' else 1.4,
+                color='k' if name == 'supervised' else None, marker='.' if name != 'supervised' else None)
+    ax.axhline(res['pixels'], ls='--', c='gray', lw=1, label='raw pixels')
+    ax.axhline(res['random_init'], ls=':', c='gray', lw=1.2, label='random init')
+    ax.set(xlabel='step (128 images)', ylabel='kNN top-1 (%)', title='teacher backbone kNN on the shapes (5,000 / 2,000)')
+    ax.legend(fontsize=7, loc='center right'); ax.grid(alpha=.3)
+    return ax
 
 # %% ../nbs/06_collapse.ipynb #149ceb89
 def explore_collapse(centering: bool = True, sharpening: bool = True, teacher_temp: float = 0.04,

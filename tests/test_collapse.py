@@ -122,3 +122,26 @@ def test_run_seeds_reuses_done_runs_and_tabulates():
     assert by_seed['full DINO'][1]['teacher_entropy'] != done['full DINO']['teacher_entropy']   # seed 1 really ran
     table = seed_table(by_seed)
     assert '| full DINO |' in table and '(2 seeds)' in table and table.count('\n') == 2
+
+
+def test_knn_ablations_runs_each_switch_through_the_trainer(tmp_path, monkeypatch):
+    "knn_ablations: one Trainer run per named ablation (+ supervised), kNN curve per epoch, the center really off, JSON written."
+    import json
+    import dino_course.bench                      # registers 'supervised'
+    import dino_course.train as T
+    from dino_course.collapse import knn_ablations
+    made = []
+    real = T.make_trainer
+    def spy(*a, **k):
+        t = real(*a, **k); made.append(t); return t
+    monkeypatch.setattr(T, 'make_trainer', spy)
+    r = knn_ablations(['full DINO (Sinkhorn-Knopp)', 'no centering'], epochs=1, steps_per_epoch=3, batch_size=16,
+                      knn_train=100, knn_test=50, threads=1, verbose=False, path=str(tmp_path / 'r.json'))
+    assert list(r['runs']) == ['full DINO (Sinkhorn-Knopp)', 'no centering', 'supervised']
+    for x in r['runs'].values(): assert len(x['knn_curve']) == 2 and x['images_seen'] == 48
+    sk, nc, sup = made
+    assert sk.method.dino_loss.centering == 'sinkhorn_knopp' and sk.method.dino_loss.use_centering
+    assert nc.method.dino_loss.centering == 'centering' and not nc.method.dino_loss.use_centering
+    assert float(nc.method.dino_loss.center.abs().max()) == 0.           # the center never moved
+    assert json.loads((tmp_path / 'r.json').read_text()) == json.loads(json.dumps(r))
+    with pytest.raises(ValueError, match='no centering'): knn_ablations(['nope'])
