@@ -231,3 +231,10 @@ def test_koleo_adds_to_the_dino_loss_with_its_weight():
     loss0, stats0 = method.training_step(crops, 0)
     assert 'koleo' not in stats0
     torch.testing.assert_close(loss - loss0, 0.3 * koleo.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_long_course_model_loads_and_has_learned():
+    "The 120-epoch course model (issue 9, point 5) loads hash-checked, and its manifest records a learned teacher."
+    net, man = T.load_course_model('dino_vit_conv_shapes_long')
+    assert man['steps'] == 12000 and man['knn_top1'] > man['knn_top1_init'] + 60 and man['jaccard'] > man['jaccard_init'] + 0.2
+    assert net.embed_dim == 128 and not net.training
