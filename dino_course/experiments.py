@@ -17,6 +17,7 @@ from .data import make_shapes, get_dataset, DatasetNotFoundError, SHAPE_CLASSES
 from .vit import load_pretrained, CheckpointError
 from .learner import ConfigError, atomic_save, write_text, save_figure
 from .train import TrainConfig, backbone_from_config, load_course_model, validate_config
+from .course_models import TRAINED_DINO
 from .finetune import FineTuneConfig, finetune, label_split, image_transforms
 from . import cli
 
@@ -173,12 +174,13 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
     if data == 'shapes':
         ft = FineTuneConfig(**{**REPORT_FINETUNE, **SHAPES_FINETUNE, 'seed': seed, **finetune_overrides})
         train, val, split = shapes_data(fraction=fraction, seed=seed)
-        _, manifest = load_course_model('dino_vit_conv_shapes')
+        _, manifest = load_course_model(TRAINED_DINO)
         arch_kw = {k: manifest['config'][k] for k in ('arch', 'patch_size', 'backbone_kwargs')}
         def backbone(regime):
-            if regime == 'scratch': return backbone_from_config(TrainConfig(**arch_kw, global_size=ft.image_size))
+            if regime == 'scratch':               # its initial weights drawn from `seed`, whatever ran before
+                seed_everything(seed); return backbone_from_config(TrainConfig(**arch_kw, global_size=ft.image_size))
             if regime == 'pretrained': return load_course_model('supervised_vit_conv_shapes')[0]
-            return load_course_model('dino_vit_conv_shapes')[0]
+            return load_course_model(TRAINED_DINO)[0]
     else:
         ft = FineTuneConfig(**{**REPORT_FINETUNE, 'seed': seed, **finetune_overrides})
         arch_kw = dict(TARGET_ARCH[target])
@@ -193,7 +195,7 @@ def run_regimes(target: str = 'table1', data: str = 'shapes', data_root=None, we
         if 'pretrained' in regimes or dino is None: imagenet_backbone(weights, arch_kw, ft.image_size)   # fail early too
         train, val, split = _real_data(data, data_root, fraction, seed, ft)
         def backbone(regime):
-            if regime == 'scratch': return backbone_from_config(TrainConfig(**arch_kw, global_size=ft.image_size))
+            if regime == 'scratch': seed_everything(seed); return backbone_from_config(TrainConfig(**arch_kw, global_size=ft.image_size))
             if regime == 'pretrained' or dino is None: return imagenet_backbone(weights, arch_kw, ft.image_size)
             return dino_backbone(dino, ft.image_size)[0]
     out = Path(out) if out else None
