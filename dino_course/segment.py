@@ -16,6 +16,7 @@ from .augment import to_normalized
 from .data import DatasetNotFoundError, get_dataset
 from .evaluate import mass_masks, jaccard, extract_features, shapes_masks_bank, SEG_SEED
 from .train import load_course_model, backbone_from_config, TrainConfig, ConfigError
+from .course_models import TRAINED_DINO
 from .cli import register_command
 _all_ = ['jaccard']     # lesson 02b's Jaccard index, re-exported: one implementation for the whole course
 
@@ -72,10 +73,11 @@ def _hwc(img: Tensor) -> np.ndarray: return img.permute(1, 2, 0).numpy()
 
 def plot_head_maps(images: Tensor, maps: Tensor, size: float = 1.1, title: str | None = None):
     """For each image (a row): the image, each head's attention map, their mean and their pixel-wise max, upsampled
-    and drawn on one shared colour scale (attention relative to uniform: 1 = no preference), with a colour bar."""
+    and drawn on one shared colour scale (attention relative to uniform: 1 = no preference), with a colour bar. The
+    scale tops out at the 99th percentile of all the drawn values (`vmax`), so a few hot patches do not darken the rest."""
     rows = torch.cat([maps, combine_heads(maps, 'mean')[:, None], combine_heads(maps, 'max')[:, None]], 1)   # (B, heads+2, h, w)
     rel = rows / rows.flatten(2).mean(-1)[..., None, None]
-    vmax = float(rel.max())
+    vmax = float(torch.quantile(rel.flatten().float(), 0.99))
     B, K = rel.shape[:2]
     fig, axs = plt.subplots(B, K + 1, figsize=((K + 1) * size, B * size), squeeze=False)
     names = [f'head {i}' for i in range(maps.shape[1])] + ['mean', 'max']
@@ -89,7 +91,8 @@ def plot_head_maps(images: Tensor, maps: Tensor, size: float = 1.1, title: str |
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.colorbar(im, ax=axs.ravel().tolist(), shrink=0.7, pad=0.02, label='attention / uniform')
+    fig.colorbar(im, ax=axs.ravel().tolist(), shrink=0.7, pad=0.02, extend='max' if rel.max() > vmax else 'neither',
+                 label='attention / uniform')
     return fig
 
 def overlay(image: Tensor, mask: Tensor, color=(1., 0.2, 0.2), alpha: float = 0.5) -> np.ndarray:
@@ -107,10 +110,12 @@ def attention_explorer(images: Tensor, maps: Tensor, keep: float = 0.6, size: fl
         mask = upsample(mask_from_attention(m, threshold), images.shape[-2:])
         fig, axs = plt.subplots(1, 3, figsize=(3 * size, size))
         axs[0].imshow(_hwc(images[image])); axs[0].set_title(f'image {image}', fontsize=8)
-        axs[1].imshow(upsample(m, images.shape[-2:]).numpy(), cmap='inferno'); axs[1].set_title(f'attention: {head}', fontsize=8)
+        im = axs[1].imshow(upsample(m / m.mean(), images.shape[-2:]).numpy(), cmap='inferno', vmin=0)
+        axs[1].set_title(f'attention: {head}', fontsize=8)
         axs[2].imshow(overlay(images[image], mask)); axs[2].set_title(f'mask keeping {threshold:.0%} of the mass', fontsize=8)
         for ax in axs: ax.set_xticks([]); ax.set_yticks([])
         fig.tight_layout()
+        fig.colorbar(im, ax=axs[1], shrink=0.8, pad=0.02, label='attention / uniform')
         return fig, mask
     try: import ipywidgets as W
     except ImportError: return show, None
@@ -277,7 +282,7 @@ def evaluate_voc(backbone: nn.Module, items, size: int = 480, keep: float = 0.6,
 def _save_map(path: Path, m: Tensor):
     plt.imsave(path, m.numpy(), cmap='inferno')
 
-def attention_command(images: Sequence[str], weights: str = 'dino_vit_conv_shapes', threshold: float = 0.6,
+def attention_command(images: Sequence[str], weights: str = TRAINED_DINO, threshold: float = 0.6,
                       out: str | Path = 'attention', image_size: int | None = None, root=None) -> list[Path]:
     """What `dino-course attention` does (like the official `visualize_attention.py`): for each image, under
     `out/<image stem>/`, the resized input (`img.png`), each head's class-token attention map (`attn-head{i}.png`),
@@ -312,9 +317,9 @@ def attention_command(images: Sequence[str], weights: str = 'dino_vit_conv_shape
 
 def _attention_args(p: argparse.ArgumentParser):
     p.add_argument('images', nargs='+', metavar='IMAGE', help="image files (PNG, JPEG, ...)")
-    p.add_argument('--weights', default='dino_vit_conv_shapes', metavar='NAME_OR_PATH',
-                   help="a course model (dino_vit_conv_shapes), official weights (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8; "
-                        "downloaded into the data root), random:NAME, or a `dino-course train` run directory (default: dino_vit_conv_shapes)")
+    p.add_argument('--weights', default=TRAINED_DINO, metavar='NAME_OR_PATH',
+                   help=f"a course model ({TRAINED_DINO}, dino_vit_conv_shapes, ...), official weights (dino_vits16, dino_vits8, dino_vitb16, "
+                        f"dino_vitb8; downloaded into the data root), random:NAME, or a `dino-course train` run directory (default: {TRAINED_DINO})")
     p.add_argument('--threshold', type=float, default=0.6, help="fraction of the attention mass the masks keep (default: 0.6)")
     p.add_argument('--out', default='attention', metavar='DIR', help="output folder, one subfolder per image (default: attention)")
     p.add_argument('--image-size', type=int, default=None, help="short side in pixels (default: the model's training size; 480 for official weights)")

@@ -7,6 +7,7 @@ import pytest
 from dino_course import core, data
 from dino_course.core import Knobs, knobs, MissingFileError, require_file
 from dino_course.data import DatasetNotFoundError, require_data, fetch_command
+from dino_course.course_models import TRAINED_DINO
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 LESSONS = sorted(p.stem for p in NBS.glob('*.ipynb') if p.stem != 'index')
@@ -51,9 +52,10 @@ def _knobs_calls(stem):
     return found
 
 def _declared(stem, scale):
-    "The lesson's knobs evaluated at `scale` (the call alone: its values must not depend on the lesson's state)."
+    """The lesson's knobs evaluated at `scale` (the call alone: its values must not depend on the lesson's state; the
+    one name it may use besides `knobs` is the course's constant `TRAINED_DINO`, the trained DINO's model name)."""
     (_, call), = _knobs_calls(stem)
-    return eval(call, {'knobs': lambda **pairs: Knobs(scale, **pairs)})
+    return eval(call, {'knobs': lambda **pairs: Knobs(scale, **pairs), 'TRAINED_DINO': TRAINED_DINO})
 
 
 @pytest.mark.parametrize('stem', LESSONS)

@@ -14,6 +14,7 @@ from dino_course.data import ChecksumError, DownloadError
 from dino_course.train import ConfigError
 from dino_course.vit import build_backbone, CheckpointMismatchError
 from dino_course.cli import main
+from dino_course.course_models import TRAINED_DINO
 
 def test_one_implementation():
     "segment's Jaccard is lesson 02b's; mask_from_attention gives 02b's mass_masks."
@@ -194,6 +195,9 @@ def test_load_backbone_names():
     m, size = load_backbone('dino_vit_conv_shapes')
     r, _ = load_backbone('random:dino_vit_conv_shapes', seed=1)
     assert size == 32 and m.num_heads == r.num_heads and not torch.equal(m.cls_token, r.cls_token)
+    t, size = load_backbone(TRAINED_DINO)                              # the lesson's model and its random twin
+    rt, _ = load_backbone(f'random:{TRAINED_DINO}', seed=1)
+    assert size == 32 and rt.state_dict().keys() == t.state_dict().keys() and not torch.equal(t.cls_token, rt.cls_token)
     with pytest.raises(ConfigError, match='unknown weights'): load_backbone('no_such_model')
 
 # ---------------------------------------------------------------- commands
@@ -233,6 +237,9 @@ def test_cli_segment_eval_shapes(capsys):
 
 def test_cli_help_lists_commands(capsys):
     assert main(['attention', '--help']) == 0 and '--threshold' in capsys.readouterr().out
+    from dino_course.segment import attention_command
+    import inspect
+    assert inspect.signature(attention_command).parameters['weights'].default == TRAINED_DINO == 'dino_vit_conv_shapes_long'
     assert main(['segment-eval', '--help']) == 0 and '--data' in capsys.readouterr().out
 
 def test_evaluate_voc_on_fake_pairs():
