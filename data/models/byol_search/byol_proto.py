@@ -1,0 +1,26 @@
+"""Prototype: BYOL with the predictor at PRED_SCALE x the learning rate (Tian et al. 2021; SimSiam's fixed predictor lr)."""
+import sys, json, torch
+import dino_course.train as T, dino_course.learner as L
+scale = float(sys.argv[1]); out = sys.argv[2]; extra = dict(a.split('=') for a in sys.argv[3:])
+def groups(model):
+    g = L.get_params_groups(model)
+    pred = {id(p) for p in model.predictor.parameters()} if hasattr(model, 'predictor') else set()
+    res = []
+    for grp in g:
+        a = [p for p in grp['params'] if id(p) not in pred]; b = [p for p in grp['params'] if id(p) in pred]
+        d = grp.get('weight_decay', None) != 0
+        res.append({**grp, 'params': a, 'decay': d}); res.append({**grp, 'params': b, 'lr_scale': scale, 'decay': d})
+    return res
+def make_optimizer(cfg, model):
+    return torch.optim.AdamW(groups(model))
+T.make_optimizer = make_optimizer
+old = L.set_lr_wd
+def set_lr_wd(opt, lr, wd=None):
+    for i, g in enumerate(opt.param_groups):
+        g['lr'] = lr * g.get('lr_scale', 1.)
+        if wd is not None and g['decay']: g['weight_decay'] = wd
+L.set_lr_wd = set_lr_wd
+cfg = dict(method='byol', data='shapes', epochs=5, eval_every=1, threads=1, figures=False, out=out)
+for k, v in extra.items(): cfg[k] = type(getattr(T.TrainConfig(), k, 0.0))(v) if hasattr(T.TrainConfig(), k) else float(v)
+m = T.train(**cfg)
+print(out, [round(e['knn_top1'], 1) for e in m['knn_curve']])

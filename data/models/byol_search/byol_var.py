@@ -1,0 +1,26 @@
+"""Prototype BYOL variants: python byol_var.py OUT VARIANT [field=value ...]
+VARIANT: base | linpred (linear predictor) | target_eval (kNN on the EMA target's backbone)"""
+import sys, torch
+from torch import nn
+import dino_course.train as T, dino_course.byol as B
+out, var = sys.argv[1], sys.argv[2]
+extra = dict(a.split('=') for a in sys.argv[3:])
+if var == 'linpred':
+    orig = B.mlp
+    def mlp(dims, last_bn=False):
+        if len(dims) == 3 and dims[0] == dims[2] and dims[0] != 128: return nn.Linear(dims[0], dims[2])   # the predictor (d -> h -> d)
+        return orig(dims, last_bn)
+    B.mlp = mlp
+if var == 'lastbn':
+    orig2 = B.mlp
+    def mlp2(dims, last_bn=False):
+        if dims[0] == 128: return orig2(dims, True)          # the projector (backbone width 128): BN on its output too (SimSiam)
+        return orig2(dims, last_bn)
+    B.mlp = mlp2
+if var == 'target_eval':
+    B.BYOLMethod.eval_backbone = lambda self: self.target.backbone
+cfg = dict(method='byol', data='shapes', epochs=5, eval_every=1, threads=1, figures=False, out=out)
+d = T.TrainConfig()
+for k, v in extra.items(): cfg[k] = type(getattr(d, k))(v)
+m = T.train(**cfg)
+print(out, var, extra, [round(e['knn_top1'], 1) for e in m['knn_curve']])
