@@ -1,5 +1,7 @@
-"""Prototype: BYOL with the predictor at PRED_SCALE x the learning rate (Tian et al. 2021; SimSiam's fixed predictor lr)."""
-import sys, json, torch
+"""Prototype: BYOL with the predictor at SCALE x the learning rate (Tian et al. 2021; SimSiam's fixed predictor lr).
+    python byol_proto.py SCALE OUT [field=value ...]   (500 steps, one thread, as the search in byol_search_shapes.json)
+The package has no per-module learning rate, so this patches its optimiser and schedule setter."""
+import sys, torch
 import dino_course.train as T, dino_course.learner as L
 scale = float(sys.argv[1]); out = sys.argv[2]; extra = dict(a.split('=') for a in sys.argv[3:])
 def groups(model):
@@ -14,9 +16,8 @@ def groups(model):
 def make_optimizer(cfg, model):
     return torch.optim.AdamW(groups(model))
 T.make_optimizer = make_optimizer
-old = L.set_lr_wd
 def set_lr_wd(opt, lr, wd=None):
-    for i, g in enumerate(opt.param_groups):
+    for g in opt.param_groups:
         g['lr'] = lr * g.get('lr_scale', 1.)
         if wd is not None and g['decay']: g['weight_decay'] = wd
 L.set_lr_wd = set_lr_wd

@@ -1,5 +1,6 @@
 """Prototype BYOL variants: python byol_var.py OUT VARIANT [field=value ...]
-VARIANT: base | linpred (linear predictor) | target_eval (kNN on the EMA target's backbone)"""
+VARIANT: base | linpred (linear predictor) | lastbn (BatchNorm on the projector output, SimSiam) | target_eval (kNN on the
+EMA target's backbone). 500 steps, one thread, as the search in byol_search_shapes.json."""
 import sys, torch
 from torch import nn
 import dino_course.train as T, dino_course.byol as B
