@@ -1,5 +1,6 @@
-"""The package's layout after issue 10's split: old import paths still give the same objects, modules import only
-modules of earlier lessons (import order = lesson order), modules stay short, and the DINO step is written once."""
+"""The package's layout after issue 10's split (learner, train, dino; data, vit, segment): old import paths still give
+the same objects, modules import only modules of earlier lessons (import order = lesson order), modules stay short,
+and the DINO step is written once."""
 import ast, importlib, inspect, re
 from pathlib import Path
 import pytest
@@ -23,6 +24,14 @@ MOVED = {   # old module -> (new module, names that moved there)
     'dino': {'learner': ['cosine_scheduler', 'get_params_groups', 'set_lr_wd', 'clip_gradients'],
              'dino_loss': ['entropy', 'kl_divergence', 'cross_view_mask', 'dino_stats', 'teacher_temp_schedule', 'DINOLoss',
                            'sinkhorn_knopp', 'koleo_loss']},
+    # issue 10's split of data, vit and segment
+    'data': {'download': ['ARCHIVES', 'Archive', 'ChecksumError', 'DatasetNotFoundError', 'DownloadError', 'download_and_extract',
+                          'download_dataset', 'download_url', 'extract_archive', 'fetch_command', 'file_hash', 'get_data_root', '_repo_root'],
+             'real_datasets': ['REAL_LOADERS', 'LocalCIFAR10', 'LocalSTL10', 'NoisyImagenette', '_check_split'],
+             'image_folder': ['IMG_EXTENSIONS', 'SafeImageFolder']},
+    'vit': {'weights': ['CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'describe_state_dict', 'load_pretrained']},
+    'segment': {'pretrained': ['DINO_RELEASE', 'PRETRAINED', 'LinearClassifier', 'Pretrained', 'load_backbone', 'load_pretrained',
+                               'pretrained_model', 'pretrained_path', 'weights_dir']},
 }
 
 @pytest.mark.parametrize('old', sorted(MOVED))
@@ -63,6 +72,8 @@ def test_the_scan_sees_imports():
     "The import scan is not vacuous: train imports learner and dino, learner its appendices."
     assert {'learner', 'dino', 'batches', 'rundir', 'course_models'} <= top_level_imports(PKG / 'train.py')
     assert {'checkpoint', 'distributed', 'callbacks'} <= top_level_imports(PKG / 'learner.py')
+    order = [lesson_of(PKG / f'{m}.py') for m in ('download', 'data', 'weights', 'vit', 'pretrained', 'segment')]
+    assert order == sorted(order), order             # the appendices come before the lessons that import them
 
 @pytest.mark.parametrize('mod', ['learner', 'train', 'dino', 'checkpoint', 'distributed', 'callbacks', 'course_models', 'batches',
                                  'rundir', 'dino_loss'])
