@@ -39,7 +39,8 @@ class BYOLConfig:
     hidden_dim: int = option(512, "width of the projector's and the predictor's hidden layers", 'head')
     bottleneck_dim: int = option(64, "output width of the projector and the predictor (the loss compares these)", 'head')
     byol_tau: float = option(0.99, "EMA rate tau of the target network at the start (cosine schedule to --byol-tau-end)", 'BYOL target and ablations')
-    byol_tau_end: float = option(1.0, "EMA rate tau of the target at the end", 'BYOL target and ablations')
+    byol_tau_end: float = option(0.99, "EMA rate tau of the target at the end (the paper: 1.0; the CPU default holds tau at 0.99: a cosine "
+                                 "to 1 leaves the target nearly frozen, tau > 0.995, for the second half of a run of a few hundred steps)", 'BYOL target and ablations')
     byol_predictor: bool = option(True, "the online network's predictor q (--no-byol-predictor: the ablation that collapses)", 'BYOL target and ablations')
     byol_stop_gradient: bool = option(True, "targets from the EMA network without gradient (--no-byol-stop-gradient: the online "
                                       "network's own projections, with gradient: the ablation that collapses)", 'BYOL target and ablations')
