@@ -63,6 +63,15 @@ def test_byol_step_is_the_symmetrised_loss_and_the_target_is_an_ema():
     assert m.eval_backbone() is m.student.encoder.backbone
 
 
+def test_cpu_default_holds_tau_at_099():
+    "The CPU default (lesson 04's search): the target's tau is 0.99 from the first step to the last, not a cosine to 1."
+    cfg = TrainConfig(method='byol')
+    assert (cfg.byol_tau, cfg.byol_tau_end) == (0.99, 0.99)
+    m = _byol(byol_tau=cfg.byol_tau, byol_tau_end=cfg.byol_tau_end)
+    assert {m.tau(k) for k in range(11)} == {0.99}
+    assert BYOL_STL10['byol_tau'] == 0.996 and BYOL_STL10['byol_tau_end'] == 1.0     # the report's recipe keeps BYOL's schedule
+
+
 def test_ablation_switches():
     "--no-byol-predictor: the predictor is the identity; --no-byol-stop-gradient: the targets are the online projections, with gradient."
     assert isinstance(_byol(byol_predictor=False).student.predictor, torch.nn.Identity)
