@@ -2,13 +2,15 @@
 learning"): the online network sees two strongly augmented views, the target one weakly augmented view (larger crop,
 no colour jitter or grayscale); each online view predicts the target's projection of the weak view.
     python byol_asym.py OUT [weak_scale=0.6] [field=value ...]   (700 steps, one thread, as `runs_700` in byol_search_shapes.json)"""
-import json, sys, torch
+import sys, torch
 from torch import nn
-import dino_course.train as T, dino_course.byol as B
+import dino_course.byol as B
+from _common import run
 from dino_course.augment import BatchMultiCrop
 from dino_course.learner import make_augmentation
-out = sys.argv[1]; extra = dict(a.split('=') for a in sys.argv[2:])
-weak_scale = float(extra.pop('weak_scale', 0.6))
+out = sys.argv[1]
+fields = [a for a in sys.argv[2:] if not a.startswith('weak_scale=')]
+weak_scale = float(next((a.split('=', 1)[1] for a in sys.argv[2:] if a.startswith('weak_scale=')), 0.6))
 class Asym(nn.Module):
     def __init__(self, strong, weak):
         super().__init__(); self.strong, self.weak = strong, weak
@@ -25,10 +27,4 @@ def training_step(self, views, step):
     with torch.no_grad(): t = self.target(views[2])
     return B.byol_loss(p1, t) + B.byol_loss(p2, t), {'std': B.output_std(z.detach())}
 B.BYOLMethod.training_step = training_step
-cfg = dict(method='byol', data='shapes', epochs=7, eval_every=1, threads=1, figures=False, out=out, aug='batched')
-def value(v):
-    try: return json.loads(v)
-    except ValueError: return v
-cfg.update({k: value(v) for k, v in extra.items()})
-m = T.train(**cfg)
-print(out, extra, weak_scale, [round(e['knn_top1'], 1) for e in m['knn_curve']], round(m['seconds']))
+run(out, fields, 7, f'asymmetric views, weak crop area {weak_scale}-1')

@@ -2,11 +2,14 @@
 step from F, an EMA (rate rho) of the correlation matrix of the online projections: F = U diag(s) U^T,
 W = U diag(sqrt(s / max s) + eps) U^T (eps lifts the weak directions).
     python byol_dp.py OUT [eps=0.1] [rho=0.3] [field=value ...]   (700 steps, one thread, as `runs_700` in byol_search_shapes.json)"""
-import json, sys, torch
+import sys, torch
 from torch import nn
-import dino_course.train as T, dino_course.byol as B
-out = sys.argv[1]; extra = dict(a.split('=') for a in sys.argv[2:])
-eps, rho = float(extra.pop('eps', 0.1)), float(extra.pop('rho', 0.3))
+import dino_course.byol as B
+from _common import run
+out, mine = sys.argv[1], {'eps': 0.1, 'rho': 0.3}
+fields = [a for a in sys.argv[2:] if a.split('=')[0] not in mine]
+mine.update((k, float(v)) for k, v in (a.split('=', 1) for a in sys.argv[2:] if a.split('=')[0] in mine))
+eps, rho = mine['eps'], mine['rho']
 class DirectPred(nn.Module):
     def __init__(self, d):
         super().__init__()
@@ -25,10 +28,4 @@ def dp_init(self, cfg, backbone, epochs, niter):
     init(self, cfg, backbone, epochs, niter)
     self.student.predictor = DirectPred(cfg.bottleneck_dim)
 B.BYOLMethod.__init__ = dp_init
-cfg = dict(method='byol', data='shapes', epochs=7, eval_every=1, threads=1, figures=False, out=out)
-def value(v: str):
-    try: return json.loads(v)          # numbers, true/false
-    except ValueError: return v        # words (e.g. optimizer=sgd)
-cfg.update({k: value(v) for k, v in extra.items()})
-m = T.train(**cfg)
-print(out, extra, eps, rho, [round(e['knn_top1'], 1) for e in m['knn_curve']])
+run(out, fields, 7, f'DirectPred eps {eps} rho {rho}')

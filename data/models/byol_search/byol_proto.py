@@ -3,7 +3,8 @@
 The package has no per-module learning rate, so this patches its optimiser and schedule setter."""
 import sys, torch
 import dino_course.train as T, dino_course.learner as L
-scale = float(sys.argv[1]); out = sys.argv[2]; extra = dict(a.split('=') for a in sys.argv[3:])
+from _common import run
+scale = float(sys.argv[1]); out = sys.argv[2]
 def groups(model):
     g = L.get_params_groups(model)
     pred = {id(p) for p in model.predictor.parameters()} if hasattr(model, 'predictor') else set()
@@ -21,7 +22,4 @@ def set_lr_wd(opt, lr, wd=None):
         g['lr'] = lr * g.get('lr_scale', 1.)
         if wd is not None and g['decay']: g['weight_decay'] = wd
 L.set_lr_wd = set_lr_wd
-cfg = dict(method='byol', data='shapes', epochs=5, eval_every=1, threads=1, figures=False, out=out)
-for k, v in extra.items(): cfg[k] = type(getattr(T.TrainConfig(), k, 0.0))(v) if hasattr(T.TrainConfig(), k) else float(v)
-m = T.train(**cfg)
-print(out, [round(e['knn_top1'], 1) for e in m['knn_curve']])
+run(out, sys.argv[3:], 5, f'predictor lr x{scale}')

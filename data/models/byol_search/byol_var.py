@@ -3,9 +3,9 @@ VARIANT: base | linpred (linear predictor) | lastbn (BatchNorm on the projector 
 EMA target's backbone). 500 steps, one thread, as the search in byol_search_shapes.json."""
 import sys, torch
 from torch import nn
-import dino_course.train as T, dino_course.byol as B
+import dino_course.byol as B
+from _common import run
 out, var = sys.argv[1], sys.argv[2]
-extra = dict(a.split('=') for a in sys.argv[3:])
 if var == 'linpred':
     orig = B.mlp
     def mlp(dims, last_bn=False):
@@ -20,8 +20,4 @@ if var == 'lastbn':
     B.mlp = mlp2
 if var == 'target_eval':
     B.BYOLMethod.eval_backbone = lambda self: self.target.backbone
-cfg = dict(method='byol', data='shapes', epochs=5, eval_every=1, threads=1, figures=False, out=out)
-d = T.TrainConfig()
-for k, v in extra.items(): cfg[k] = type(getattr(d, k))(v)
-m = T.train(**cfg)
-print(out, var, extra, [round(e['knn_top1'], 1) for e in m['knn_curve']])
+run(out, sys.argv[3:], 5, var)
